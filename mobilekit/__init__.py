@@ -1,0 +1,70 @@
+"""mobilekit: take generative image models from PyTorch to phones.
+
+Train smaller (``mobilekit.train``), export to ExecuTorch, Core ML, TFLite and ONNX checked
+against PyTorch (``export``), measure or estimate latency per phone (``profile``,
+``estimate``), and drive it all from one config in app builds (``build``).
+
+Importing mobilekit is cheap: every name below loads on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> "module:attribute", resolved on first access
+_LAZY: dict[str, str] = {
+    "AdapterPolicy": "mobilekit.recipe:AdapterPolicy",
+    "Artifact": "mobilekit.artifact:Artifact",
+    "BackendUnavailableError": "mobilekit.errors:BackendUnavailableError",
+    "BudgetError": "mobilekit.errors:BudgetError",
+    "ConfigError": "mobilekit.errors:ConfigError",
+    "DeviceError": "mobilekit.errors:DeviceError",
+    "ExportError": "mobilekit.errors:ExportError",
+    "Format": "mobilekit.recipe:Format",
+    "Manifest": "mobilekit.artifact:Manifest",
+    "MobilekitError": "mobilekit.errors:MobilekitError",
+    "Parity": "mobilekit.parity:Parity",
+    "ParityError": "mobilekit.errors:ParityError",
+    "Precision": "mobilekit.recipe:Precision",
+    "Recipe": "mobilekit.recipe:Recipe",
+    "RuntimeCrashError": "mobilekit.errors:RuntimeCrashError",
+    "Target": "mobilekit.targets:Target",
+    "TensorSpec": "mobilekit.artifact:TensorSpec",
+    "UnsupportedOpError": "mobilekit.errors:UnsupportedOpError",
+    "export": "mobilekit.exporting:export",
+    "get_target": "mobilekit.targets:get_target",
+    "list_targets": "mobilekit.targets:list_targets",
+    "load_spec": "mobilekit.spec:load_spec",
+    "run_artifact": "mobilekit.runtime:run_artifact",
+}
+
+__all__ = sorted(_LAZY)
+
+if TYPE_CHECKING:
+    from mobilekit.artifact import Artifact, Manifest, TensorSpec
+    from mobilekit.errors import (BackendUnavailableError, BudgetError, ConfigError, DeviceError, ExportError,
+                                  MobilekitError, ParityError, RuntimeCrashError, UnsupportedOpError)
+    from mobilekit.exporting import export
+    from mobilekit.parity import Parity
+    from mobilekit.recipe import AdapterPolicy, Format, Precision, Recipe
+    from mobilekit.runtime import run_artifact
+    from mobilekit.spec import load_spec
+    from mobilekit.targets import Target, get_target, list_targets
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        target = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'mobilekit' has no attribute {name!r}") from None
+    module, attr = target.split(":")
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,1 @@
+"""The ``mobilekit`` command line: the only place that imports typer or rich."""

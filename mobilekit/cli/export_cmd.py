@@ -1,0 +1,108 @@
+"""``mobilekit export``: one model to the artifacts each named phone ships."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mobilekit.errors import ConfigError
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def manifest_rows(manifest: Any) -> list[list[Any]]:
+    """Table rows for a manifest: artifact, targets, recipe, size, parity, seconds."""
+    rows = []
+    for a in manifest.artifacts:
+        p = a.parity
+        parity = p.status if p.cosine is None else f"{p.status} cos={p.cosine:.5f} psnr={p.psnr_db:.1f}dB"
+        if p.status == "not-run" and p.reason:
+            parity = p.reason
+        rows.append([a.path, ", ".join(a.targets), a.recipe.name, _human_bytes(a.size_bytes), parity,
+                     "cached" if a.cached else f"{a.export_seconds:.1f}s"])
+    return rows
+
+
+MANIFEST_COLUMNS = ["artifact", "targets", "recipe", "size", "parity vs PyTorch", "export"]
+
+
+def parse_tolerances(items: list[str]) -> dict[str, dict[str, float]]:
+    """Parse ``PRECISION:metric=value`` items (e.g. ``int8-static:cosine=0.9``)."""
+    out: dict[str, dict[str, float]] = {}
+    for item in items:
+        try:
+            prec, _, rest = item.partition(":")
+            metric, _, value = rest.partition("=")
+            if metric not in ("cosine", "psnr_db"):
+                raise ValueError(metric)
+            out.setdefault(prec, {})[metric] = float(value)
+        except ValueError as exc:
+            raise ConfigError(f"cannot read tolerance {item!r}", where="--tolerance",
+                              fix="write PRECISION:cosine=0.99 or PRECISION:psnr_db=30") from exc
+    return out
+
+
+def load_calibration(path: Path, n_inputs: int) -> list[tuple[Any, ...]]:
+    """Read calibration batches from an .npz holding ``input_0..input_{n-1}`` stacked on axis 0."""
+    import numpy as np
+    import torch
+
+    try:
+        data = np.load(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read calibration file: {exc}", where=str(path),
+                          fix="pass an .npz with arrays input_0, input_1, … stacked along the first axis") from exc
+    keys = [f"input_{i}" for i in range(n_inputs)]
+    missing = [k for k in keys if k not in data.files]
+    if missing:
+        raise ConfigError(f"calibration file lacks {missing}", where=str(path),
+                          fix=f"it needs arrays {keys}, each stacked along the first axis")
+    count = data[keys[0]].shape[0]
+    return [tuple(torch.from_numpy(data[k][j:j + 1]) for k in keys) for j in range(count)]
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``mobilekit export`` to the CLI."""
+
+    @app.command("export")
+    def export_cmd(
+        spec: Annotated[str, typer.Argument(help="builtin:dit-tiny, builtin:gan-tiny, package.module:function, or a diffusers model folder")],
+        target: Annotated[list[str], typer.Option("--target", "-t", help="target phone (repeatable); see `mobilekit targets`")],
+        out: Annotated[Path, typer.Option("--out", "-o", help="output directory")] = Path("out"),
+        format: Annotated[list[str] | None, typer.Option("--format", "-f", help="executorch, coreml, tflite, onnx (repeatable); default: each target's default recipe")] = None,
+        precision: Annotated[str | None, typer.Option("--precision", "-p", help="fp32, fp16, int8-weight, int8-dynamic, int8-static")] = None,
+        input: Annotated[list[str] | None, typer.Option("--input", help="input shape for a model folder: [name=]1x4x32x32[:dtype]")] = None,
+        calibration: Annotated[Path | None, typer.Option("--calibration", help=".npz of calibration batches for int8-static")] = None,
+        tolerance: Annotated[list[str] | None, typer.Option("--tolerance", help="PRECISION:cosine=0.99 or PRECISION:psnr_db=30")] = None,
+        no_verify: Annotated[bool, typer.Option("--no-verify", help="don't fail on parity out of tolerance")] = False,
+        no_cache: Annotated[bool, typer.Option("--no-cache", help="rebuild even when cached")] = False,
+        workers: Annotated[int, typer.Option("--workers", help="parallel export processes")] = 1,
+        json_out: Annotated[bool, typer.Option("--json", help="print the manifest as JSON on stdout")] = False,
+    ) -> None:
+        """Export a model for named phones: quantized, checked against PyTorch, listed in manifest.json."""
+        from mobilekit.cli._output import err_console, print_json, print_table, progress_callback
+        from mobilekit.exporting import export
+        from mobilekit.spec import load_spec
+
+        loaded = load_spec(spec, inputs=input)
+        cal = load_calibration(calibration, len(loaded.example_inputs)) if calibration else (loaded.calibration or None)
+        with progress_callback(f"export {loaded.name}") as on_progress:
+            manifest = export(loaded.model, loaded.example_inputs, targets=target, out_dir=out, precision=precision,
+                              formats=format, calibration=cal, verify=not no_verify,
+                              tolerances=parse_tolerances(tolerance or []), use_cache=not no_cache, workers=workers,
+                              model_name=loaded.name, input_names=loaded.input_names or None,
+                              on_progress=on_progress)
+        if json_out:
+            print_json(manifest.to_dict())
+        else:
+            print_table(f"{loaded.name}: {len(manifest.artifacts)} artifact(s) in {out}", MANIFEST_COLUMNS,
+                        manifest_rows(manifest))
+            err_console().print(f"manifest: {out / 'manifest.json'}")

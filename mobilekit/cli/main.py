@@ -1,0 +1,70 @@
+"""Entry point of the ``mobilekit`` command.
+
+Each command group lives in its own module with a ``register(app)`` function; this file
+only wires them together and turns mobilekit errors into one clear line and an exit code
+(``MOBILEKIT_DEBUG=1`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import typer
+
+from mobilekit.errors import MobilekitError
+
+app = typer.Typer(
+    name="mobilekit",
+    help="Take generative image models from PyTorch to phones: train smaller, convert, profile, ship.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# Modules under mobilekit.cli that add commands; each defines register(app).
+_COMMAND_MODULES = [
+    "targets_cmd",
+    "export_cmd",
+]
+
+
+def _register_all() -> None:
+    for name in _COMMAND_MODULES:
+        importlib.import_module(f"mobilekit.cli.{name}").register(app)
+
+
+_register_all()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; mobilekit errors become one line on stderr and their exit code."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except MobilekitError as exc:
+        if os.environ.get("MOBILEKIT_DEBUG") == "1":
+            raise
+        from mobilekit.cli._output import err_console
+
+        err_console().print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False, markup=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click's own usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,363 @@
+"""The export pipeline: one PyTorch model → the artifacts each target ships, checked against PyTorch.
+
+Stages, in order, each producing the next stage's input:
+  resolve targets → recipes (deduplicated across targets) → reference run + trace →
+  per recipe: cache lookup | convert → verify parity in a child process → cache commit →
+  copy into the output directory → manifest.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import copy
+import datetime as _dt
+import inspect
+import logging
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mobilekit._deps import toolchain_versions
+from mobilekit._io import copy_atomic, ensure_writable_dir
+from mobilekit.artifact import Artifact, Manifest, TensorSpec, sha256_of, size_of
+from mobilekit.cache import ExportCache, cache_key, inputs_fingerprint, model_fingerprint
+from mobilekit.errors import ConfigError, ExportError, MobilekitError, ParityError
+from mobilekit.parity import Parity, compare, tolerance_for
+from mobilekit.recipe import Recipe, recipe_for_target
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+def _flatten_outputs(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if hasattr(out, "sample") and isinstance(out.sample, torch.Tensor):
+        return [out.sample]
+    if isinstance(out, Mapping):
+        return [t for v in out.values() for t in _flatten_outputs(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in _flatten_outputs(v)]
+    raise ExportError(f"the model returns {type(out).__name__}, not tensors", where="forward",
+                      fix="wrap the model so forward returns a tensor or a tuple of tensors")
+
+
+def _input_names(model: torch.nn.Module, n: int, given: Sequence[str] | None) -> list[str]:
+    if given:
+        return list(given)
+    try:
+        params = [p.name for p in inspect.signature(model.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    return params[:n] if len(params) >= n else [f"input_{i}" for i in range(n)]
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+class _Plan:
+    """One recipe to build, the targets it serves, and its cache key."""
+
+    def __init__(self, recipe: Recipe, targets: list[str]) -> None:
+        self.recipe = recipe
+        self.targets = targets
+        self.key = ""
+
+
+def plan_recipes(targets: Sequence[str], *, formats: Sequence[str] | None, precision: str | None,
+                 adapter_policy: str = "fuse") -> list[_Plan]:
+    """Resolve targets and formats into recipes; a recipe several targets need is built once.
+
+    Raises:
+        ConfigError: an unknown target, or a combination no backend can build (with what can).
+    """
+    from converters import get_converter
+    from mobilekit.targets import get_target
+
+    if not targets:
+        raise ConfigError("no target given", where="targets", fix="name at least one, e.g. --target pixel-8")
+    plans: dict[Recipe, _Plan] = {}
+    for name in targets:
+        target = get_target(name)
+        for fmt in (formats or [None]):
+            recipe = recipe_for_target(target, format=fmt, precision=precision, adapter_policy=adapter_policy)
+            support = get_converter(recipe.format).supports(recipe)
+            if not support:
+                raise ConfigError(f"{support.reason}", where=f"{target.name}/{recipe.name}",
+                                  fix=f"choose one of: {', '.join(support.supported)}")
+            plans.setdefault(recipe, _Plan(recipe, []))
+            if target.name not in plans[recipe].targets:
+                plans[recipe].targets.append(target.name)
+    return list(plans.values())
+
+
+def _convert(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], recipe: Recipe, workdir: Path,
+             calibration: list[tuple[torch.Tensor, ...]] | None, options: dict[str, Any]) -> Any:
+    from converters import get_converter
+    from converters.base import unsupported_op_error
+
+    converter = get_converter(recipe.format)
+    try:
+        return converter.convert(model, example_inputs, recipe, workdir, calibration=calibration, **options)
+    except MobilekitError:
+        raise
+    except Exception as exc:
+        program = None
+        try:
+            program = torch.export.export(model, example_inputs, strict=False)
+        except Exception:
+            pass
+        mapped = unsupported_op_error(exc, backend=recipe.name, program=program)
+        if mapped is not None:
+            raise mapped from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ExportError(f"{recipe.name} export failed: {type(exc).__name__}: {first}", where=recipe.name,
+                          fix="run with MOBILEKIT_DEBUG=1 for the traceback, or choose another recipe") from exc
+
+
+def _verify(path: Path, recipe: Recipe, example_inputs: tuple[torch.Tensor, ...], reference: list[np.ndarray],
+            tolerances: Mapping[str, Mapping[str, float]] | None, extra: Sequence[Path]) -> Parity:
+    """Run the artifact with its real runtime in a child process and compare with PyTorch."""
+    from mobilekit.runtime import run_artifact
+
+    tol = tolerance_for(recipe.precision, tolerances)
+    if recipe.format == "coreml" or recipe.delegate == "coreml":
+        if sys.platform != "darwin":
+            reason = "not run: needs macOS (Core ML runtime)"
+            if recipe.format == "coreml":
+                try:
+                    from converters.coreml import validate_mlpackage
+
+                    info = validate_mlpackage(path)
+                    reason += f"; structurally valid mlProgram with {info.get('op_count', '?')} ops"
+                except MobilekitError as exc:
+                    return Parity(status="fail", runtime="coremltools", tolerance=tol,
+                                  reason=f"structural check failed: {exc}")
+                except ImportError:
+                    pass
+            return Parity(status="not-run", tolerance=tol, reason=reason)
+    options: dict[str, Any] = {}
+    ptd = [p for p in extra if p.suffix == ".ptd"]
+    if ptd:
+        options["data_path"] = str(ptd[0])
+    inputs = [t.detach().numpy() for t in example_inputs]
+    outputs = run_artifact(path, inputs, **options)
+    from mobilekit.runtime.runners import runtime_name
+
+    return compare(reference, outputs, tolerance=tol, runtime=runtime_name(path))
+
+
+def _build_one(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], recipe: Recipe, workdir: Path,
+               calibration: list[tuple[torch.Tensor, ...]] | None, reference: list[np.ndarray], verify: bool,
+               tolerances: Mapping[str, Mapping[str, float]] | None,
+               options: dict[str, Any]) -> dict[str, Any]:
+    """Convert and verify one recipe inside ``workdir``; return the cache record. Runs in a worker too."""
+    start = time.perf_counter()
+    result = _convert(model, example_inputs, recipe, workdir, calibration, options)
+    main = workdir / result.filename
+    extra = [workdir / f for f in result.extra_files]
+    if not main.exists():
+        raise ExportError(f"the {recipe.format} converter wrote no {result.filename}", where=recipe.name)
+    t0 = time.perf_counter()
+    parity = (_verify(main, recipe, example_inputs, reference, tolerances, extra) if verify
+              else Parity.not_run("not run: --no-verify"))
+    stages = dict(result.stages)
+    stages["validate"] = time.perf_counter() - t0
+    return {"filename": result.filename, "extra_files": list(result.extra_files), "stages": stages,
+            "input_names": list(result.input_names), "output_names": list(result.output_names),
+            "input_dtypes": result.input_dtypes, "notes": list(result.notes), "parity": parity.to_dict(),
+            "export_seconds": time.perf_counter() - start, "sha256": sha256_of(main),
+            "size_bytes": size_of(main) + sum(size_of(p) for p in extra)}
+
+
+def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, targets: Sequence[str],
+           out_dir: str | Path, precision: str | None = None, formats: Sequence[str] | None = None,
+           calibration: Sequence[Sequence[torch.Tensor]] | None = None, verify: bool = True,
+           tolerances: Mapping[str, Mapping[str, float]] | None = None, use_cache: bool = True,
+           cache_dir: str | Path | None = None, workers: int = 1, model_name: str | None = None,
+           input_names: Sequence[str] | None = None, adapter_policy: str = "fuse",
+           converter_options: Mapping[str, Any] | None = None, on_progress: ProgressFn | None = None) -> Manifest:
+    """Export ``model`` for each target and return the manifest written to ``out_dir/manifest.json``.
+
+    Args:
+        model: the PyTorch model (not modified).
+        example_inputs: tensors in forward order; they fix the exported shapes and drive the parity check.
+        targets: target names from ``profiles/`` (e.g. ``["iphone-15-pro", "pixel-8"]``).
+        out_dir: where artifacts and ``manifest.json`` go.
+        precision: ``fp32``, ``fp16``, ``int8-weight``, ``int8-dynamic`` or ``int8-static``; None: each
+            target's default recipe's precision.
+        formats: formats to build for every target; None: each target's default recipe only.
+        calibration: input batches for ``int8-static`` (default: the example inputs alone).
+        verify: run every artifact with its runtime and fail when out of tolerance.
+        tolerances: per-precision overrides, e.g. ``{"int8-static": {"cosine": 0.9}}``.
+        use_cache: serve unchanged exports from the content-addressed cache.
+        cache_dir: cache location (default ``$MOBILEKIT_CACHE_DIR`` or ``~/.cache/mobilekit``).
+        workers: worker processes for independent artifacts (1: in this process).
+        model_name: name used in file names and the manifest (default: the class name).
+        input_names: names of the inputs (default: forward's parameter names).
+        adapter_policy: ``fuse`` or ``separate``.
+        converter_options: keyword options passed to every converter (e.g. ``external_weights``).
+        on_progress: ``on_progress(stage, done, total)`` callback.
+
+    Returns:
+        The Manifest (also written as ``out_dir/manifest.json``).
+
+    Raises:
+        ConfigError: unknown target, unsupported recipe, inputs the model rejects, unwritable out_dir.
+        UnsupportedOpError: a backend can't lower an op (names the op and module path).
+        ParityError: an artifact is out of tolerance (with its numbers), unless ``verify=False``.
+
+    Example:
+        >>> m = export(model, (x,), targets=["pixel-8"], out_dir="out")  # doctest: +SKIP
+    """
+    out = ensure_writable_dir(Path(out_dir))
+    example = tuple(example_inputs)
+    if not example or not all(isinstance(t, torch.Tensor) for t in example):
+        raise ConfigError("example_inputs must be a non-empty sequence of tensors", where="example_inputs")
+    plans = plan_recipes(targets, formats=formats, precision=precision, adapter_policy=adapter_policy)
+    name = model_name or type(model).__name__
+    progress = on_progress or (lambda stage, done, total: None)
+    total = len(plans)
+    progress("trace", 0, total)
+
+    model = copy.deepcopy(model).eval()
+    try:
+        with torch.no_grad():
+            reference_t = _flatten_outputs(model(*example))
+    except MobilekitError:
+        raise
+    except Exception as exc:
+        shapes = ", ".join(f"{tuple(t.shape)}:{_dtype_name(t.dtype)}" for t in example)
+        raise ConfigError(f"the model rejects the example inputs ({shapes}): {type(exc).__name__}: "
+                          f"{(str(exc).splitlines() or [''])[0]}", where="example_inputs",
+                          fix="pass inputs of the shapes and dtypes forward expects (--input)") from exc
+    reference = [t.detach().float().numpy() for t in reference_t]
+    try:
+        graph_code = torch.export.export(model, example, strict=False).graph_module.code
+    except Exception as exc:
+        raise ExportError(f"torch.export cannot trace the model: {type(exc).__name__}: "
+                          f"{(str(exc).splitlines() or [''])[0]}", where=name,
+                          fix="make forward traceable (no data-dependent control flow) or wrap it") from exc
+
+    cal = [tuple(b) for b in calibration] if calibration else None
+    toolchain = toolchain_versions()
+    model_fp = model_fingerprint(model, graph_code)
+    inputs_fp = inputs_fingerprint(example, cal)
+    options = dict(converter_options or {})
+    cache = ExportCache(Path(cache_dir) if cache_dir else None)
+    names = _input_names(model, len(example), input_names)
+
+    records: dict[int, tuple[dict[str, Any], Path, bool]] = {}
+    to_build = []
+    for i, plan in enumerate(plans):
+        plan.key = cache_key(model_fp, inputs_fp, plan.recipe.to_dict(), toolchain,
+                             {**options, "verify": verify, "tolerances": tolerances})
+        hit = cache.lookup(plan.key) if use_cache else None
+        if hit is not None and sha256_of(cache.entry(plan.key) / hit["filename"]) != hit["sha256"]:
+            logger.warning("cache entry %s was modified; rebuilding", plan.key)
+            shutil.rmtree(cache.entry(plan.key), ignore_errors=True)
+            hit = None
+        if hit is not None:
+            records[i] = (hit, cache.entry(plan.key), True)
+        else:
+            to_build.append(i)
+
+    def finish(i: int, record: dict[str, Any], workdir: Path) -> None:
+        parity = Parity(**record["parity"])
+        if parity.status == "fail":
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise ParityError(f"{plans[i].recipe.name} differs from PyTorch: {parity.reason}; max abs error "
+                              f"{parity.max_abs_error:.3g}", where=plans[i].recipe.name,
+                              fix="loosen the tolerance (--tolerance), use calibration data, choose a higher "
+                                  "precision, or pass --no-verify")
+        records[i] = (record, cache.commit(workdir, plans[i].key, record), False)
+
+    done = len(records)
+    progress("cached", done, total)
+    if workers > 1 and len(to_build) > 1:
+        ctx = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            jobs = {}
+            for i in to_build:
+                wd = cache.new_workdir()
+                jobs[pool.submit(_build_one, model, example, plans[i].recipe, wd, cal, reference, verify,
+                                 tolerances, options)] = (i, wd)
+            for fut in cf.as_completed(jobs):
+                i, wd = jobs[fut]
+                try:
+                    finish(i, fut.result(), wd)
+                except BaseException:
+                    shutil.rmtree(wd, ignore_errors=True)
+                    raise
+                done += 1
+                progress(plans[i].recipe.name, done, total)
+    else:
+        for i in to_build:
+            progress(plans[i].recipe.name, done, total)
+            wd = cache.new_workdir()
+            try:
+                finish(i, _build_one(model, example, plans[i].recipe, wd, cal, reference, verify, tolerances,
+                                     options), wd)
+            except BaseException:
+                shutil.rmtree(wd, ignore_errors=True)
+                raise
+            done += 1
+            progress(plans[i].recipe.name, done, total)
+
+    artifacts = []
+    for i, plan in enumerate(plans):
+        record, entry, cached = records[i]
+        suffix = plan.recipe.suffix
+        dest_name = f"{name}-{plan.recipe.name}" + (f"-{plan.recipe.deployment_target.lower()}"
+                                                    if plan.recipe.deployment_target else "") + suffix
+        _place(entry / record["filename"], out / dest_name)
+        extras = []
+        for extra in record["extra_files"]:
+            extra_dest = f"{name}-{plan.recipe.name}-{Path(extra).name}"
+            _place(entry / extra, out / extra_dest)
+            extras.append(extra_dest)
+        in_dtypes = record.get("input_dtypes") or [_dtype_name(t.dtype) for t in example]
+        out_names = record["output_names"] or [f"output_{k}" for k in range(len(reference))]
+        artifacts.append(Artifact(
+            path=dest_name, targets=tuple(plan.targets), recipe=plan.recipe, sha256=record["sha256"],
+            size_bytes=record["size_bytes"],
+            inputs=tuple(TensorSpec(name=(record["input_names"] or names)[k] if k < len(record["input_names"] or names)
+                                    else f"input_{k}", shape=tuple(t.shape), dtype=in_dtypes[k])
+                         for k, t in enumerate(example)),
+            outputs=tuple(TensorSpec(name=out_names[k] if k < len(out_names) else f"output_{k}", shape=tuple(r.shape),
+                                     dtype="float32") for k, r in enumerate(reference)),
+            parity=Parity(**record["parity"]), export_seconds=round(record["export_seconds"], 3),
+            stages={k: round(v, 4) for k, v in record["stages"].items()}, toolchain=toolchain, cache_key=plan.key,
+            cached=cached, extra_files=tuple(extras), notes=tuple(record["notes"])))
+    manifest = Manifest(model=name, artifacts=tuple(artifacts), toolchain=toolchain,
+                        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), root=out)
+    manifest.write(out)
+    progress("done", total, total)
+    return manifest
+
+
+def _place(src: Path, dest: Path) -> None:
+    """Put a cached file into the output directory (hard link when possible, else an atomic copy)."""
+    if dest.exists() and src.is_file() and dest.is_file() and dest.stat().st_ino == src.stat().st_ino:
+        return
+    if src.is_file():
+        tmp = dest.parent / f".{dest.name}.link-{os.getpid()}"
+        try:
+            tmp.unlink(missing_ok=True)
+            tmp.hardlink_to(src)
+            tmp.replace(dest)
+            return
+        except OSError:
+            tmp.unlink(missing_ok=True)
+    copy_atomic(src, dest)

@@ -1,0 +1,107 @@
+"""Parity: how close an artifact's outputs are to PyTorch's, and whether that is close enough."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+# Default tolerances per precision. cosine is the floor of the cosine similarity between the
+# flattened outputs; psnr_db the floor of PSNR against the reference's own peak-to-peak range.
+DEFAULT_TOLERANCES: dict[str, dict[str, float]] = {
+    "fp32": {"cosine": 0.9999, "psnr_db": 60.0},
+    "fp16": {"cosine": 0.999, "psnr_db": 40.0},
+    "int8-weight": {"cosine": 0.99, "psnr_db": 25.0},
+    "int8-dynamic": {"cosine": 0.98, "psnr_db": 20.0},
+    "int8-static": {"cosine": 0.95, "psnr_db": 15.0},
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Parity:
+    """Agreement of one artifact with PyTorch on the example inputs.
+
+    Attributes:
+        status: ``pass``, ``fail`` or ``not-run``.
+        runtime: the runtime that ran the artifact (e.g. ``executorch``, ``ai-edge-litert``).
+        max_abs_error: largest absolute difference over all outputs.
+        mean_abs_error: mean absolute difference.
+        cosine: cosine similarity of the flattened outputs (1.0 = identical direction).
+        psnr_db: peak signal-to-noise ratio in dB, peak = the reference's range.
+        tolerance: the floors applied (``cosine``, ``psnr_db``).
+        reason: why it was not run, or what failed.
+    """
+
+    status: str
+    runtime: str | None = None
+    max_abs_error: float | None = None
+    mean_abs_error: float | None = None
+    cosine: float | None = None
+    psnr_db: float | None = None
+    tolerance: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        """True unless the artifact ran and fell outside tolerance."""
+        return self.status != "fail"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return asdict(self)
+
+    @classmethod
+    def not_run(cls, reason: str) -> Parity:
+        """A parity record for an artifact that could not be run here."""
+        return cls(status="not-run", reason=reason)
+
+
+def tolerance_for(precision: str, overrides: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, float]:
+    """The tolerance of ``precision``, with user overrides applied."""
+    tol = dict(DEFAULT_TOLERANCES[precision])
+    if overrides and precision in overrides:
+        tol.update(overrides[precision])
+    return tol
+
+
+def compare(reference: Sequence[np.ndarray], actual: Sequence[np.ndarray], *, tolerance: Mapping[str, float],
+            runtime: str) -> Parity:
+    """Compare outputs of an artifact with PyTorch's.
+
+    Args:
+        reference: PyTorch outputs, in order.
+        actual: the artifact's outputs, in the same order.
+        tolerance: floors for ``cosine`` and ``psnr_db``.
+        runtime: name of the runtime that produced ``actual``.
+
+    Returns:
+        A Parity whose status is ``pass`` or ``fail``.
+    """
+    if len(reference) != len(actual):
+        return Parity(status="fail", runtime=runtime, tolerance=dict(tolerance),
+                      reason=f"{len(actual)} outputs, PyTorch gives {len(reference)}")
+    refs, outs = [], []
+    for i, (r, a) in enumerate(zip(reference, actual, strict=True)):
+        r = np.asarray(r, dtype=np.float64)
+        a = np.asarray(a, dtype=np.float64)
+        if r.size != a.size:
+            return Parity(status="fail", runtime=runtime, tolerance=dict(tolerance),
+                          reason=f"output {i} has shape {a.shape}, PyTorch gives {r.shape}")
+        refs.append(r.ravel())
+        outs.append(a.reshape(r.shape).ravel())
+    ref, out = np.concatenate(refs), np.concatenate(outs)
+    diff = np.abs(ref - out)
+    denom = float(np.linalg.norm(ref) * np.linalg.norm(out))
+    cosine = float(np.dot(ref, out) / denom) if denom > 0 else (1.0 if np.allclose(ref, out) else 0.0)
+    mse = float(np.mean((ref - out) ** 2))
+    peak = float(ref.max() - ref.min()) or 1.0
+    psnr = math.inf if mse == 0 else 10 * math.log10(peak**2 / mse)
+    ok = np.isfinite(out).all() and cosine >= tolerance["cosine"] and psnr >= tolerance["psnr_db"]
+    return Parity(status="pass" if ok else "fail", runtime=runtime, max_abs_error=float(diff.max()),
+                  mean_abs_error=float(diff.mean()), cosine=cosine, psnr_db=min(psnr, 999.0),
+                  tolerance=dict(tolerance),
+                  reason=None if ok else f"cosine {cosine:.6f} (floor {tolerance['cosine']}), "
+                                         f"PSNR {psnr:.1f} dB (floor {tolerance['psnr_db']})")

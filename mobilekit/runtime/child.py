@@ -1,0 +1,112 @@
+"""Run an artifact in a child process, so a native crash becomes an error, not a dead caller.
+
+The parent writes ``job.json`` (and ``inputs.npz``) into a temporary directory and runs
+``python -m mobilekit.runtime.child DIR``; the child writes ``result.json`` (and
+``outputs.npz``) or ``error.json``. A child killed by a signal is reported with the signal.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mobilekit.errors import ConfigError, MobilekitError, RuntimeCrashError
+
+# job name -> "module:function(job: dict, inputs: list[np.ndarray], workdir: Path) -> (result dict, outputs)"
+JOBS: dict[str, str] = {
+    "infer": "mobilekit.runtime.child:infer_job",
+    "measure": "mobilekit.profile.host:measure_job",
+}
+
+
+def infer_job(job: dict[str, Any], inputs: list[np.ndarray], workdir: Path) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """Load the artifact, run it once on ``inputs``, return its outputs."""
+    from mobilekit.runtime.runners import open_runner
+
+    runner = open_runner(Path(job["path"]), threads=job.get("threads"), **job.get("options", {}))
+    outputs = runner.run(inputs)
+    return {"runtime": runner.runtime}, outputs
+
+
+def run_in_child(job: dict[str, Any], inputs: Sequence[np.ndarray] = (), *, timeout: float = 600.0,
+                 env: dict[str, str] | None = None) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """Run ``job`` (a dict with ``job`` naming an entry of JOBS) in a fresh Python process.
+
+    Args:
+        job: ``{"job": "infer", "path": ..., ...}``.
+        inputs: numpy arrays handed to the job.
+        timeout: seconds before the child is killed.
+        env: extra environment variables for the child.
+
+    Returns:
+        The job's result dict and output arrays.
+
+    Raises:
+        RuntimeCrashError: the child crashed, timed out, or the runtime raised.
+    """
+    if job.get("job") not in JOBS:
+        raise ConfigError(f"unknown child job {job.get('job')!r}", fix=f"known: {sorted(JOBS)}")
+    what = job.get("path", job["job"])
+    with tempfile.TemporaryDirectory(prefix="mobilekit-child-") as tmp:
+        work = Path(tmp)
+        (work / "job.json").write_text(json.dumps(job, default=str))
+        np.savez(work / "inputs.npz", *[np.asarray(x) for x in inputs])
+        child_env = {**os.environ, **(env or {})}
+        try:
+            proc = subprocess.run([sys.executable, "-m", "mobilekit.runtime.child", str(work)], env=child_env,
+                                  capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise RuntimeCrashError(f"the runtime did not finish within {timeout:.0f} s", where=str(what),
+                                    fix="raise the time limit, or check the artifact with a smaller input") from exc
+        if (work / "error.json").exists():
+            err = json.loads((work / "error.json").read_text())
+            cls = RuntimeCrashError
+            raise cls(f"{err['type']}: {err['message']}", where=str(what), fix=err.get("fix") or None)
+        if proc.returncode != 0 or not (work / "result.json").exists():
+            if proc.returncode < 0:
+                sig = signal.Signals(-proc.returncode).name
+                msg = f"the runtime crashed with {sig}"
+            else:
+                msg = f"the runtime process exited with code {proc.returncode}"
+            tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+            raise RuntimeCrashError(msg + (f": {tail}" if tail else ""), where=str(what),
+                                    fix="the artifact may be corrupt or truncated: re-export it")
+        result = json.loads((work / "result.json").read_text())
+        with np.load(work / "outputs.npz") as data:
+            outputs = [data[f"arr_{i}"] for i in range(len(data.files))]
+        return result, outputs
+
+
+def _main(work: Path) -> int:
+    job = json.loads((work / "job.json").read_text())
+    try:
+        with np.load(work / "inputs.npz") as data:
+            inputs = [data[f"arr_{i}"] for i in range(len(data.files))]
+        module, func = JOBS[job["job"]].split(":")
+        result, outputs = getattr(importlib.import_module(module), func)(job, inputs, work)
+        np.savez(work / "outputs.npz", *outputs)
+        (work / "result.json").write_text(json.dumps(result, default=str))
+        return 0
+    except BaseException as exc:  # everything the runtime raises goes back to the parent as data
+        fix = exc.fix if isinstance(exc, MobilekitError) else None
+        message = exc.message if isinstance(exc, MobilekitError) else str(exc).strip().splitlines()[0:3]
+        if isinstance(message, list):
+            message = " ".join(message) or type(exc).__name__
+        (work / "error.json").write_text(json.dumps({"type": type(exc).__name__, "message": message, "fix": fix,
+                                                    "traceback": traceback.format_exc()}))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(_main(Path(sys.argv[1])))
