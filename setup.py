@@ -4,5 +4,5 @@ from setuptools import find_packages, setup
 
 setup(
     packages=find_packages(include=["mobilekit", "mobilekit.*", "converters", "converters.*"]) + ["mobilekit.profiles"],
-    package_dir={"mobilekit.profiles": "profiles"},
+    package_dir={"mobilekit": "mobilekit", "converters": "converters", "mobilekit.profiles": "profiles"},
 )

@@ -27,6 +27,7 @@ app = typer.Typer(
 _COMMAND_MODULES = [
     "targets_cmd",
     "export_cmd",
+    "demo_cmd",
 ]
 
 
