@@ -64,22 +64,22 @@ def _dit_tiny(seed: int) -> BuiltinModel:
                         ("latents", "timestep", "class_labels"))
 
 
+def gan_inputs(config: Any, batch: int = 1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """An image in [-1, 1] and text embeddings [B, T, D] for an E²GAN generator config."""
+    g = torch.Generator().manual_seed(seed)
+    size = config.image_size
+    return (torch.rand(batch, config.in_channels, size, size, generator=g) * 2 - 1,
+            torch.randn(batch, config.text_len, config.text_dim, generator=g))
+
+
 def _gan_tiny(seed: int) -> BuiltinModel:
     from mobilekit.train.e2gan.models import E2GANConfig, E2GANGenerator
 
     torch.manual_seed(seed)
     config = E2GANConfig.tiny()
     gen = E2GANGenerator(config).eval()
-    size = getattr(config, "image_size", 64)
-    tokens = getattr(config, "text_tokens", 1)
-    dim = getattr(config, "text_dim", 32)
-
-    def sample(s: int) -> tuple[torch.Tensor, torch.Tensor]:
-        g = torch.Generator().manual_seed(s)
-        return (torch.rand(1, 3, size, size, generator=g) * 2 - 1, torch.randn(1, tokens, dim, generator=g))
-
-    return BuiltinModel("gan-tiny", gen, sample(seed), [sample(seed + 1 + i) for i in range(8)],
-                        ("image", "text_embeds"))
+    return BuiltinModel("gan-tiny", gen, gan_inputs(config, seed=seed),
+                        [gan_inputs(config, seed=seed + 1 + i) for i in range(8)], ("image", "text_embeds"))
 
 
 BUILTINS: dict[str, Callable[[int], BuiltinModel]] = {"dit-tiny": _dit_tiny, "gan-tiny": _gan_tiny}

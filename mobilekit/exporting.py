@@ -31,7 +31,7 @@ from mobilekit.artifact import Artifact, Manifest, TensorSpec, sha256_of, size_o
 from mobilekit.cache import ExportCache, cache_key, inputs_fingerprint, model_fingerprint
 from mobilekit.errors import ConfigError, ExportError, MobilekitError, ParityError
 from mobilekit.parity import Parity, compare, tolerance_for
-from mobilekit.recipe import Recipe, recipe_for_target
+from mobilekit.recipe import PRECISION_ALIASES, Recipe, recipe_for_target
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +75,19 @@ class _Plan:
         self.key = ""
 
 
-def plan_recipes(targets: Sequence[str], *, formats: Sequence[str] | None, precision: str | None,
-                 adapter_policy: str = "fuse") -> list[_Plan]:
+def _resolve_recipe(target: Any, fmt: str | None, precision: str | None, adapter_policy: str) -> Recipe:
+    """The target's recipe for a format and precision; a generic ``int8`` takes the first variant the backend builds."""
+    from converters import get_converter
+
+    if precision not in PRECISION_ALIASES:
+        return recipe_for_target(target, format=fmt, precision=precision, adapter_policy=adapter_policy)
+    candidates = [recipe_for_target(target, format=fmt, precision=p, adapter_policy=adapter_policy)
+                  for p in PRECISION_ALIASES[precision]]
+    return next((r for r in candidates if get_converter(r.format).supports(r)), candidates[0])
+
+
+def plan_recipes(targets: Sequence[str], *, formats: Sequence[str] | None,
+                 precision: str | Sequence[str] | None, adapter_policy: str = "fuse") -> list[_Plan]:
     """Resolve targets and formats into recipes; a recipe several targets need is built once.
 
     Raises:
@@ -87,18 +98,20 @@ def plan_recipes(targets: Sequence[str], *, formats: Sequence[str] | None, preci
 
     if not targets:
         raise ConfigError("no target given", where="targets", fix="name at least one, e.g. --target pixel-8")
+    precisions = [precision] if precision is None or isinstance(precision, str) else list(precision)
     plans: dict[Recipe, _Plan] = {}
     for name in targets:
         target = get_target(name)
-        for fmt in (formats or [None]):
-            recipe = recipe_for_target(target, format=fmt, precision=precision, adapter_policy=adapter_policy)
-            support = get_converter(recipe.format).supports(recipe)
-            if not support:
-                raise ConfigError(f"{support.reason}", where=f"{target.name}/{recipe.name}",
-                                  fix=f"choose one of: {', '.join(support.supported)}")
-            plans.setdefault(recipe, _Plan(recipe, []))
-            if target.name not in plans[recipe].targets:
-                plans[recipe].targets.append(target.name)
+        for fmt in formats or [None]:
+            for prec in precisions:
+                recipe = _resolve_recipe(target, fmt, prec, adapter_policy)
+                support = get_converter(recipe.format).supports(recipe)
+                if not support:
+                    raise ConfigError(f"{support.reason}", where=f"{target.name}/{recipe.name}",
+                                      fix=f"choose one of: {', '.join(support.supported)}")
+                plan = plans.setdefault(recipe, _Plan(recipe, []))
+                if target.name not in plan.targets:
+                    plan.targets.append(target.name)
     return list(plans.values())
 
 
@@ -182,7 +195,7 @@ def _build_one(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...],
 
 
 def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, targets: Sequence[str],
-           out_dir: str | Path, precision: str | None = None, formats: Sequence[str] | None = None,
+           out_dir: str | Path, precision: str | Sequence[str] | None = None, formats: Sequence[str] | None = None,
            calibration: Sequence[Sequence[torch.Tensor]] | None = None, verify: bool = True,
            tolerances: Mapping[str, Mapping[str, float]] | None = None, use_cache: bool = True,
            cache_dir: str | Path | None = None, workers: int = 1, model_name: str | None = None,
@@ -195,8 +208,9 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
         example_inputs: tensors in forward order; they fix the exported shapes and drive the parity check.
         targets: target names from ``profiles/`` (e.g. ``["iphone-15-pro", "pixel-8"]``).
         out_dir: where artifacts and ``manifest.json`` go.
-        precision: ``fp32``, ``fp16``, ``int8-weight``, ``int8-dynamic`` or ``int8-static``; None: each
-            target's default recipe's precision.
+        precision: ``fp32``, ``fp16``, ``int8-weight``, ``int8-dynamic``, ``int8-static``, or ``int8`` (the
+            first int8 variant each format builds), or a list of them (each is built); None: each target's
+            default recipe's precision.
         formats: formats to build for every target; None: each target's default recipe only.
         calibration: input batches for ``int8-static`` (default: the example inputs alone).
         verify: run every artifact with its runtime and fail when out of tolerance.

@@ -45,6 +45,8 @@ class AdapterPolicy(str, Enum):
 
 FORMATS = tuple(f.value for f in Format)
 PRECISIONS = tuple(p.value for p in Precision)
+# Generic precisions resolved per format to the first variant its backend builds.
+PRECISION_ALIASES: dict[str, tuple[str, ...]] = {"int8": ("int8-dynamic", "int8-weight", "int8-static")}
 # Delegates that change the artifact itself. Other runtime choices (TFLite GPU delegate,
 # Core ML compute units) are load-time options and recorded as recipe options.
 DELEGATES: dict[str, tuple[str, ...]] = {"executorch": ("xnnpack", "coreml"), "coreml": (), "tflite": (), "onnx": ()}

@@ -82,6 +82,20 @@ def _load_function(spec: str) -> LoadedSpec:
     return LoadedSpec(spec, model.eval(), inputs)
 
 
+# Models mobilekit itself saves (config.json "kind"), loaded with example inputs from their config.
+_MOBILEKIT_KINDS = {"E2GANGenerator": "mobilekit.train.e2gan.models:E2GANGenerator"}
+
+
+def _load_mobilekit_folder(folder: Path, kind: str, seed: int) -> LoadedSpec:
+    from mobilekit.builtins import gan_inputs
+
+    module, cls_name = _MOBILEKIT_KINDS[kind].split(":")
+    model = getattr(importlib.import_module(module), cls_name).from_pretrained(folder).eval()
+    config = model.config
+    return LoadedSpec(folder.name, model, gan_inputs(config, seed=seed),
+                      [gan_inputs(config, seed=seed + 1 + i) for i in range(8)], ("image", "text_embeds"))
+
+
 def _load_diffusers_folder(folder: Path, inputs: list[str]) -> LoadedSpec:
     config = json.loads((folder / "config.json").read_text())
     class_name = config.get("_class_name")
@@ -142,6 +156,12 @@ def load_spec(spec: str, *, inputs: list[str] | None = None, seed: int = 0) -> L
         if not (path / "config.json").exists():
             raise ConfigError("model folder has no config.json", where=str(path),
                               fix="pass a diffusers model folder (save_pretrained output)")
+        try:
+            kind = json.loads((path / "config.json").read_text()).get("kind")
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config.json is not valid JSON: {exc}", where=str(path / "config.json")) from exc
+        if kind in _MOBILEKIT_KINDS:
+            return _load_mobilekit_folder(path, kind, seed)
         return _load_diffusers_folder(path, inputs or [])
     if ":" in spec and re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", spec):
         return _load_function(spec)

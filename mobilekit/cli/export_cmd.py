@@ -78,7 +78,7 @@ def register(app: typer.Typer) -> None:
         target: Annotated[list[str], typer.Option("--target", "-t", help="target phone (repeatable); see `mobilekit targets`")],
         out: Annotated[Path, typer.Option("--out", "-o", help="output directory")] = Path("out"),
         format: Annotated[list[str] | None, typer.Option("--format", "-f", help="executorch, coreml, tflite, onnx (repeatable); default: each target's default recipe")] = None,
-        precision: Annotated[str | None, typer.Option("--precision", "-p", help="fp32, fp16, int8-weight, int8-dynamic, int8-static")] = None,
+        precision: Annotated[str | None, typer.Option("--precision", "-p", help="fp32, fp16, int8-weight, int8-dynamic, int8-static, or int8 (the best int8 each format builds)")] = None,
         input: Annotated[list[str] | None, typer.Option("--input", help="input shape for a model folder: [name=]1x4x32x32[:dtype]")] = None,
         calibration: Annotated[Path | None, typer.Option("--calibration", help=".npz of calibration batches for int8-static")] = None,
         tolerance: Annotated[list[str] | None, typer.Option("--tolerance", help="PRECISION:cosine=0.99 or PRECISION:psnr_db=30")] = None,

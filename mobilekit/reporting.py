@@ -1,0 +1,60 @@
+"""Build reports: the Markdown for CI logs and PR comments, and the self-contained HTML page."""
+
+from __future__ import annotations
+
+import html as _html
+from typing import TYPE_CHECKING
+
+from mobilekit.profile.html import render_html
+from mobilekit.profile.markdown import render_markdown
+from mobilekit.profile.report import LatencyReport
+
+if TYPE_CHECKING:
+    from mobilekit.building import BuildResult
+
+
+def _reports(result: BuildResult) -> list[LatencyReport]:
+    keep = {f.name for f in LatencyReport.__dataclass_fields__.values()}  # type: ignore[attr-defined]
+    return [LatencyReport.from_dict({k: v for k, v in r.items() if k in keep}) for r in result.reports]
+
+
+def artifact_rows(result: BuildResult) -> list[list[str]]:
+    """One row per artifact: model, file, recipe, targets, size, parity, built or cached."""
+    rows = []
+    for name, manifest in result.manifests.items():
+        for a in manifest.artifacts:
+            p = a.parity
+            parity = p.reason if p.status == "not-run" else f"{p.status} (cos {p.cosine:.5f}, {p.psnr_db:.1f} dB)"
+            rows.append([name, a.path, a.recipe.name, ", ".join(a.targets), f"{a.size_bytes / 2**20:.2f} MiB",
+                         parity or "", "cached" if a.cached else f"built in {a.export_seconds:.1f} s"])
+    return rows
+
+
+ARTIFACT_COLUMNS = ["model", "artifact", "recipe", "targets", "size", "parity vs PyTorch", "export"]
+
+
+def build_markdown(result: BuildResult) -> str:
+    """The build as Markdown: verdict, artifacts, then measurements, estimates and budgets."""
+    verdict = "all budgets met" if result.ok else f"{len(result.failures)} budget(s) exceeded"
+    lines = [f"# mobilekit build: {verdict}", "",
+             f"{sum(len(m.artifacts) for m in result.manifests.values())} artifact(s), {result.exported} built, "
+             f"the rest from the cache; {result.seconds:.1f} s.", "",
+             "| " + " | ".join(ARTIFACT_COLUMNS) + " |", "|" + "---|" * len(ARTIFACT_COLUMNS)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in artifact_rows(result)]
+    lines += ["", render_markdown(_reports(result), estimates=result.estimates, checks=result.checks,
+                                  title="Latency")]
+    return "\n".join(lines) + "\n"
+
+
+def build_html(result: BuildResult) -> str:
+    """The build as one self-contained HTML page with charts (no network access needed)."""
+    page = render_html(_reports(result), estimates=result.estimates, checks=result.checks,
+                       title="mobilekit build report")
+    verdict = "all budgets met" if result.ok else f"{len(result.failures)} budget(s) exceeded"
+    head = "".join(f"<th>{_html.escape(c)}</th>" for c in ARTIFACT_COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{_html.escape(c)}</td>" for c in row) + "</tr>"
+                   for row in artifact_rows(result))
+    section = (f"<p><b>{_html.escape(verdict)}</b> — {result.exported} artifact(s) built, the rest from the cache, "
+               f"{result.seconds:.1f} s.</p><h2>Artifacts</h2><table><tr>{head}</tr>{body}</table>")
+    marker = "</h1>"
+    return page.replace(marker, marker + section, 1) if marker in page else page

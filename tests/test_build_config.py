@@ -1,0 +1,72 @@
+"""Build config validation: every bad key, target or precision is named with its file and line."""
+
+import pytest
+
+from mobilekit.build_config import load_build_config
+from mobilekit.errors import ConfigError
+
+GOOD = """
+[build]
+targets = ["iphone-15-pro", "pixel-8"]
+precisions = ["fp32", "int8"]
+
+[budgets]
+latency_ms = 50
+size_mb = 4
+
+[models.dit]
+spec = "builtin:dit-tiny"
+
+[models.gan]
+spec = "builtin:gan-tiny"
+formats = ["tflite"]
+budgets = { latency_ms = 10 }
+"""
+
+
+def _write(tmp_path, text, name="mobilekit.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_good_config(tmp_path):
+    cfg = load_build_config(_write(tmp_path, GOOD))
+    dit, gan = cfg.models
+    assert dit.targets == ("iphone-15-pro", "pixel-8") and dit.precisions == ("fp32", "int8")
+    assert gan.formats == ("tflite",) and gan.budgets.latency_ms == 10 and gan.budgets.size_mb == 4
+    assert cfg.out == (tmp_path / "build" / "mobilekit").resolve()
+
+
+def test_pyproject_table(tmp_path):
+    text = "[project]\nname='x'\n" + GOOD.replace("[build]", "[tool.mobilekit.build]").replace(
+        "[budgets]", "[tool.mobilekit.budgets]").replace("[models.", "[tool.mobilekit.models.")
+    cfg = load_build_config(_write(tmp_path, text, "pyproject.toml"))
+    assert [m.name for m in cfg.models] == ["dit", "gan"]
+    with pytest.raises(ConfigError, match=r"\[tool.mobilekit\]"):
+        load_build_config(_write(tmp_path / "..", "[project]\nname='y'\n", "pyproject.toml"))
+
+
+@pytest.mark.parametrize("old, new, needle, line", [
+    ('spec = "builtin:gan-tiny"', 'spec = "builtin:gan-tiny"\nprecison = ["fp32"]', "unknown key 'precison' in [models.gan]", 15),
+    ('latency_ms = 50', 'latency_ms = 50\nlatnecy = 3', "unknown key 'latnecy' in [budgets]", 8),
+    ('"pixel-8"]', '"pixle-8"]', "unknown target 'pixle-8'", 3),
+    ('"int8"]', '"int9"]', "unknown precision 'int9' in [build]", 4),
+    ('formats = ["tflite"]', 'formats = ["tflight"]', "unknown format 'tflight' in [models.gan]", 15),
+    ('size_mb = 4', 'size_mb = -4', "size_mb in [budgets] must be a number >= 0", 8),
+])
+def test_bad_values_name_key_and_line(tmp_path, old, new, needle, line):
+    path = _write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(ConfigError) as info:
+        load_build_config(path)
+    assert needle in str(info.value)
+    assert f"{path}:{line}" in str(info.value)
+
+
+def test_no_models_and_invalid_toml(tmp_path):
+    with pytest.raises(ConfigError, match="names no model"):
+        load_build_config(_write(tmp_path, "[build]\ntargets=['pixel-8']\n"))
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_build_config(_write(tmp_path, "[build\n"))
+    with pytest.raises(ConfigError, match="has no targets"):
+        load_build_config(_write(tmp_path, "[models.a]\nspec='builtin:dit-tiny'\n"))
