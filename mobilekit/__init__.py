@@ -34,6 +34,9 @@ _LAZY: dict[str, str] = {
     "Target": "mobilekit.targets:Target",
     "TensorSpec": "mobilekit.artifact:TensorSpec",
     "UnsupportedOpError": "mobilekit.errors:UnsupportedOpError",
+    "LatencyEstimate": "mobilekit.estimation.api:LatencyEstimate",
+    "estimate": "mobilekit.estimation.api:estimate",
+    "estimate_all": "mobilekit.estimation.api:estimate_all",
     "export": "mobilekit.exporting:export",
     "get_target": "mobilekit.targets:get_target",
     "list_targets": "mobilekit.targets:list_targets",
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
     from mobilekit.artifact import Artifact, Manifest, TensorSpec
     from mobilekit.errors import (BackendUnavailableError, BudgetError, ConfigError, DeviceError, ExportError,
                                   MobilekitError, ParityError, RuntimeCrashError, UnsupportedOpError)
+    from mobilekit.estimation.api import LatencyEstimate, estimate, estimate_all
     from mobilekit.exporting import export
     from mobilekit.parity import Parity
     from mobilekit.recipe import AdapterPolicy, Format, Precision, Recipe

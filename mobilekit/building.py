@@ -130,7 +130,7 @@ def _estimate(artifact: Artifact, target: str, loaded: Any, entry: ModelEntry,
     hit = _cached_json(cached_path)
     if hit is not None:
         return {**hit, "artifact": artifact.path, "cached": True}
-    from mobilekit.estimate import estimate
+    from mobilekit.estimation import estimate
 
     model = loaded()
     est = estimate(model.model, model.example_inputs, target=target, format=artifact.format,

@@ -15,8 +15,10 @@ from rich.table import Table
 
 @functools.cache
 def out_console() -> Console:
-    """Console for results (stdout)."""
-    return Console()
+    """Console for results (stdout); wide when piped, so tables in CI logs don't wrap."""
+    import sys
+
+    return Console(width=None if sys.stdout.isatty() else 180)
 
 
 @functools.cache

@@ -28,6 +28,11 @@ _COMMAND_MODULES = [
     "targets_cmd",
     "export_cmd",
     "demo_cmd",
+    "build_cmd",
+    "gan_cmd",
+    "profile_cmd",
+    "estimate_cmd",
+    "train_cmd",
 ]
 
 
@@ -39,8 +44,25 @@ def _register_all() -> None:
 _register_all()
 
 
+def _quiet_third_party() -> None:
+    """Hide other libraries' warnings and log noise unless MOBILEKIT_VERBOSITY asks for them."""
+    import logging
+    import warnings
+
+    level = os.environ.get("MOBILEKIT_VERBOSITY", "").lower()
+    if level in ("debug", "info", "2", "3"):
+        logging.basicConfig(level=logging.DEBUG if level in ("debug", "3") else logging.INFO)
+        return
+    warnings.filterwarnings("ignore")
+    warnings.filterwarnings("default", category=__import__("mobilekit.errors", fromlist=["x"]).MobilekitWarning)
+    for name in ("torch", "torchao", "executorch", "coremltools", "onnxscript", "diffusers", "transformers",
+                 "absl", "tensorflow", "jax"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; mobilekit errors become one line on stderr and their exit code."""
+    _quiet_third_party()
     try:
         app(args=argv, standalone_mode=False)
     except MobilekitError as exc:

@@ -1,0 +1,42 @@
+"""Latency estimates without a phone: graph costs × a roofline calibrated on published latencies.
+
+Modules, one job each: ``graph`` (FLOPs and bytes per ATen op), ``devices`` (peak throughput
+and bandwidth per phone), ``model`` (the roofline), ``calibrate`` (fitting it on the published
+calibration latencies), ``bands`` (uncertainty from leave-one-model-out residuals), ``api``
+(``estimate``, ``estimate_all``, ``LatencyEstimate``), ``host`` (this machine as a profile),
+``archs`` (the calibration architectures; used only to rebuild the shipped features).
+
+Example:
+    >>> from mobilekit.estimation import estimate
+    >>> est = estimate(model, (x,), target="pixel-8", precision="fp16")
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_LAZY: dict[str, str] = {
+    "HostTarget": "mobilekit.estimation.host:HostTarget",
+    "LatencyEstimate": "mobilekit.estimation.api:LatencyEstimate",
+    "estimate": "mobilekit.estimation.api:estimate",
+    "estimate_all": "mobilekit.estimation.api:estimate_all",
+    "measure_host": "mobilekit.estimation.host:measure_host",
+}
+
+__all__ = sorted(_LAZY)
+
+if TYPE_CHECKING:
+    from mobilekit.estimation.api import LatencyEstimate, estimate, estimate_all
+    from mobilekit.estimation.host import HostTarget, measure_host
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        target = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'mobilekit.estimation' has no attribute {name!r}") from None
+    module, attr = target.split(":")
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value

@@ -1,0 +1,230 @@
+"""``estimate``: latency of a model on a phone, without the phone.
+
+The model is exported once (``graph.analyze``), every op is priced by the calibrated roofline
+of the target's compute unit (``model.py`` with the efficiencies of ``calibrate.py``), and the
+total gets the leave-one-model-out band of its family (``bands.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from mobilekit.errors import ConfigError, MobilekitWarning
+from mobilekit.estimation.bands import band_for
+from mobilekit.estimation.devices import PEAK_KEY, DeviceSpec, spec_for
+from mobilekit.estimation.graph import PRECISION_BYTES, GraphCost, analyze
+from mobilekit.estimation.model import OpArrays, family_key, intensity, predict_ms
+
+logger = logging.getLogger(__name__)
+
+UNITS = ("cpu", "gpu", "npu")
+# delegate named in a recipe -> compute unit it runs on
+# export format -> runtime format of the calibration set (whose factor applies)
+_FORMAT_OF = {"executorch": "executorch", "coreml": "coreml", "tflite": "tflite", "onnx": "onnx", "qnn": "qnn"}
+_DELEGATE_UNIT = {"xnnpack": "cpu", "cpu": "cpu", "portable": "cpu", "gpu": "gpu", "vulkan": "gpu", "mps": "gpu",
+                  "nnapi": "npu", "qnn": "npu", "coreml": "npu", "ane": "npu", "npu": "npu"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LatencyEstimate:
+    """An estimated latency of one model on one target's compute unit.
+
+    Attributes:
+        target: profile name.
+        model: model name.
+        format: export format the estimate assumes (``executorch``, ``coreml``, ``tflite``, ``onnx``).
+        precision: export precision (``fp32``, ``fp16``, ``int8-dynamic``, ...).
+        compute_unit: ``cpu``, ``gpu`` or ``npu``.
+        ms: estimated latency of one forward pass (ms).
+        low_ms: low end of the band (ms).
+        high_ms: high end of the band (ms).
+        coverage: share of true latencies the band claims to hold (0-1).
+        per_layer: one dict per costed op: name, op, flops, bytes, ms, bound (``compute``/``memory``), unit.
+        roofline: peak_gops, bandwidth_gbps, intensity (FLOP/byte), achieved_gops, ridge (FLOP/byte),
+            efficiencies, and where each spec number came from.
+        source: always ``estimate`` (a LatencyReport's ``host``/``device`` counterpart).
+    """
+
+    target: str
+    model: str
+    format: str | None
+    precision: str
+    compute_unit: str
+    ms: float
+    low_ms: float
+    high_ms: float
+    coverage: float
+    per_layer: list[dict[str, Any]] = field(default_factory=list)
+    roofline: dict[str, Any] = field(default_factory=dict)
+    source: str = "estimate"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LatencyEstimate:
+        """Inverse of ``to_dict``.
+
+        Raises:
+            ConfigError: a required key is missing.
+        """
+        need = ("target", "model", "precision", "compute_unit", "ms", "low_ms", "high_ms", "coverage")
+        missing = [k for k in need if k not in d]
+        if missing:
+            raise ConfigError(f"LatencyEstimate dict lacks {missing}", where="LatencyEstimate.from_dict")
+        return cls(target=str(d["target"]), model=str(d["model"]), format=d.get("format"),
+                   precision=str(d["precision"]), compute_unit=str(d["compute_unit"]), ms=float(d["ms"]),
+                   low_ms=float(d["low_ms"]), high_ms=float(d["high_ms"]), coverage=float(d["coverage"]),
+                   per_layer=list(d.get("per_layer", [])), roofline=dict(d.get("roofline", {})),
+                   source=str(d.get("source", "estimate")))
+
+
+def _default_recipe(target: Any) -> tuple[str | None, str | None, str | None]:
+    recipe = getattr(target, "default_recipe", None)
+    if not recipe:
+        return None, None, None
+    from mobilekit.targets import parse_recipe_name
+    return parse_recipe_name(recipe)
+
+
+def _pick_unit(target: Any, fmt: str | None, delegate: str | None, precision: str) -> str:
+    if delegate and delegate in _DELEGATE_UNIT:
+        return _DELEGATE_UNIT[delegate]
+    if fmt == "coreml":
+        return "gpu" if precision == "fp32" else "npu"
+    return "cpu"
+
+
+def _resolve_target(target: Any) -> tuple[str, Any]:
+    if target is None:
+        raise ConfigError("no target given", where="target", fix="pass target='pixel-8' (see `mobilekit targets`)")
+    if isinstance(target, DeviceSpec) or hasattr(target, "device_spec"):
+        return getattr(target, "name"), target
+    from mobilekit.targets import get_target
+    t = get_target(target) if isinstance(target, str) else target
+    return t.name, t
+
+
+def estimate(model: Any, example_inputs: Sequence[Any], *, target: Any, format: str | None = None,
+             precision: str | None = None, compute_unit: str | None = None, name: str | None = None,
+             cost: GraphCost | None = None) -> LatencyEstimate:
+    """Estimate the latency of ``model`` on ``target`` from its graph and the calibrated roofline.
+
+    Args:
+        model: a ``torch.nn.Module`` (exportable with ``torch.export``).
+        example_inputs: positional inputs of one forward pass.
+        target: a profile name (``"pixel-8"``), a ``Target``, or a host profile from ``estimate.host``.
+        format: export format; default: the one of the target's default recipe.
+        precision: ``fp32``, ``fp16``, ``int8-weight``, ``int8-dynamic``, ``int8-static`` or ``w8a16``;
+            default: the target's default recipe's.
+        compute_unit: ``cpu``, ``gpu`` or ``npu``; default: where the format/delegate runs.
+        name: model name for the result (default: the class name).
+        cost: an already computed ``graph.analyze`` result (skips the export).
+
+    Returns:
+        The estimate, with a band and per-op breakdown.
+
+    Raises:
+        ConfigError: unknown target, precision or compute unit, or a unit the target lacks.
+        ExportError: the model cannot be exported.
+
+    Example:
+        >>> est = estimate(model, (x,), target="pixel-8", precision="int8-dynamic")
+        >>> print(f"{est.ms:.1f} ms [{est.low_ms:.1f}, {est.high_ms:.1f}]")
+    """
+    tname, t = _resolve_target(target)
+    fmt_d, delegate, prec_d = _default_recipe(t)
+    fmt = format or fmt_d
+    prec = precision or prec_d or "fp32"
+    if prec not in PRECISION_BYTES:
+        raise ConfigError(f"unknown precision {prec!r}", where="precision",
+                          fix=f"use one of {', '.join(sorted(PRECISION_BYTES))}")
+    unit = compute_unit or _pick_unit(t, fmt, delegate if fmt == fmt_d else None, prec)
+    if unit not in UNITS:
+        raise ConfigError(f"unknown compute unit {unit!r}", where="compute_unit", fix=f"use one of {', '.join(UNITS)}")
+    if unit == "npu" and prec == "fp32":
+        warnings.warn("NPUs do not run fp32; estimating the NPU at fp16", MobilekitWarning, stacklevel=2)
+        prec = "fp16"
+    c = cost if cost is not None else analyze(model, example_inputs)
+    return _from_cost(c, t, tname, name or type(model).__name__, fmt, prec, unit)
+
+
+def _from_cost(cost: GraphCost, t: Any, tname: str, model_name: str, fmt: str | None, prec: str,
+               unit: str) -> LatencyEstimate:
+    from mobilekit.estimation.calibrate import fitted_params, params_for
+
+    if hasattr(t, "device_spec"):
+        spec, platform = t.device_spec(), t.platform
+    else:
+        kinds = {u.kind for u in getattr(t, "compute_units", ())}
+        if kinds and unit not in kinds:
+            raise ConfigError(f"target {tname} has no {unit} compute unit", where="compute_unit",
+                              fix=f"use one of {', '.join(sorted(kinds))}")
+        platform = t.platform
+        spec = spec_for(t, (f"{unit}.{PEAK_KEY[prec]}", "cpu.fp32"))
+    key = f"{unit}.{PEAK_KEY[prec]}"
+    peak = spec.peaks.get(key)
+    if peak is None or spec.bandwidth_gbps is None:
+        raise ConfigError(f"no peak throughput known for {key} on {tname}", where=f"profiles/{tname}.toml",
+                          fix="add peak_gops for this unit and precision to the profile, or pick another unit")
+    cal = fitted_params()
+    params = params_for(cal, platform, unit, prec)
+    if getattr(t, "measured", False):
+        # a measured peak and bandwidth are already achieved rates: efficiency 1 against them
+        params = replace(params, eff_compute=1.0, eff_memory=1.0)
+    cpu_params = params_for(cal, platform, "cpu", "fp32")
+    factor = cal.format_factor.get(_FORMAT_OF.get(fmt or "", fmt or ""), 1.0)
+    ops = OpArrays.from_rows([o.to_row() for o in cost.ops])
+    total, per_op, bound, taken = predict_ms(ops, unit=unit, precision=prec, peak_gops=peak,
+                                             bandwidth_gbps=spec.bandwidth_gbps, params=params,
+                                             cpu_peak_gops=spec.peaks.get("cpu.fp32"), cpu_params=cpu_params)
+    total, per_op = total * factor, per_op * factor
+    band = band_for(platform, unit, prec)
+    byts = ops.bytes_at(prec)
+    per_layer = [{"name": o.name, "op": o.op, "flops": o.flops, "bytes": float(b), "ms": float(ms),
+                  "bound": "compute" if bd else "memory", "unit": unit if tk else "cpu"}
+                 for o, b, ms, bd, tk in zip(cost.ops, byts, per_op, bound, taken)]
+    flops = cost.flops
+    total_bytes = float(byts.sum())
+    roofline = {"peak_gops": peak, "bandwidth_gbps": spec.bandwidth_gbps, "intensity": intensity(flops, total_bytes),
+                "achieved_gops": flops / (total * 1e6) if total > 0 else 0.0, "ridge": peak / spec.bandwidth_gbps,
+                "flops": flops, "bytes": total_bytes, "family": family_key(platform, unit, prec),
+                "params": params.to_dict(), "format_factor": factor, "fixed_ms": params.fixed_ms * factor,
+                "band_from": band.key, "band_n": band.n,
+                "spec_sources": {"peak": spec.sources.get(key, "profile"), "bandwidth": spec.sources.get("bw", "profile")},
+                "ops_on_cpu": int((~taken).sum())}
+    return LatencyEstimate(target=tname, model=model_name, format=fmt, precision=prec, compute_unit=unit,
+                           ms=total, low_ms=total * band.low_factor, high_ms=total * band.high_factor,
+                           coverage=band.coverage, per_layer=per_layer, roofline=roofline)
+
+
+def estimate_all(model: Any, example_inputs: Sequence[Any], *, precision: str | None = None,
+                 compute_unit: str | None = None, name: str | None = None,
+                 on_progress: Callable[[str, int, int], None] | None = None) -> list[LatencyEstimate]:
+    """Estimate ``model`` on every shipped profile (the model is exported once).
+
+    Targets that lack the requested unit or a peak for it are left out (logged at INFO).
+
+    Example:
+        >>> for e in estimate_all(model, (x,), precision="fp16"):
+        ...     print(e.target, e.compute_unit, round(e.ms, 2))
+    """
+    from mobilekit.targets import list_targets
+
+    cost = analyze(model, example_inputs)
+    out: list[LatencyEstimate] = []
+    targets = list_targets()
+    for i, t in enumerate(targets):
+        if on_progress:
+            on_progress(t.name, i, len(targets))
+        try:
+            out.append(estimate(model, example_inputs, target=t, precision=precision, compute_unit=compute_unit,
+                                name=name or type(model).__name__, cost=cost))
+        except ConfigError as exc:
+            logger.info("skipping %s: %s", t.name, exc)
+    return out
