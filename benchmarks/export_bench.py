@@ -5,7 +5,7 @@ Measures, through ``mobilekit.export`` with the real converters and runtimes:
 - the cache-hit seconds of the whole manifest (second export of the same matrix);
 - artifact bytes per precision and int8 / fp32 ratios (target: int8 ≤ 30% of fp32);
 - parity per precision (cosine, PSNR, max abs error);
-- host latency (p50, mobilekit.profile) of fp32 vs int8 ExecuTorch-XNNPACK and TFLite artifacts
+- host latency (p50, mobilekit.profiling) of fp32 vs int8 ExecuTorch-XNNPACK and TFLite artifacts
   (target: int8 ≤ 0.7× fp32).
 It also folds in mobilekit's overhead against the bare libraries, measured by
 ``export_backends_bench.py`` and ``export_backends_coreml_tflite_bench.py`` (target ≤ 10%).

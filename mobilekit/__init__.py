@@ -37,7 +37,12 @@ _LAZY: dict[str, str] = {
     "LatencyEstimate": "mobilekit.estimation.api:LatencyEstimate",
     "estimate": "mobilekit.estimation.api:estimate",
     "estimate_all": "mobilekit.estimation.api:estimate_all",
+    "LatencyReport": "mobilekit.profiling.report:LatencyReport",
+    "build": "mobilekit.building:build",
+    "BuildResult": "mobilekit.building:BuildResult",
+    "load_build_config": "mobilekit.build_config:load_build_config",
     "export": "mobilekit.exporting:export",
+    "profile": "mobilekit.profiling.host:profile",
     "get_target": "mobilekit.targets:get_target",
     "list_targets": "mobilekit.targets:list_targets",
     "load_spec": "mobilekit.spec:load_spec",
@@ -51,7 +56,11 @@ if TYPE_CHECKING:
     from mobilekit.errors import (BackendUnavailableError, BudgetError, ConfigError, DeviceError, ExportError,
                                   MobilekitError, ParityError, RuntimeCrashError, UnsupportedOpError)
     from mobilekit.estimation.api import LatencyEstimate, estimate, estimate_all
+    from mobilekit.build_config import load_build_config
+    from mobilekit.building import BuildResult, build
     from mobilekit.exporting import export
+    from mobilekit.profiling.host import profile
+    from mobilekit.profiling.report import LatencyReport
     from mobilekit.parity import Parity
     from mobilekit.recipe import AdapterPolicy, Format, Precision, Recipe
     from mobilekit.runtime import run_artifact

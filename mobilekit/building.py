@@ -24,7 +24,7 @@ from mobilekit.artifact import Artifact, Manifest
 from mobilekit.build_config import BuildConfig, Budgets, ModelEntry, load_build_config
 from mobilekit.cache import default_cache_dir
 from mobilekit.errors import BackendUnavailableError, BudgetError, RuntimeCrashError
-from mobilekit.profile.budget import BudgetCheck
+from mobilekit.profiling.budget import BudgetCheck
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def _cached_json(path: Path) -> dict[str, Any] | None:
 
 
 def _host_id() -> str:
-    from mobilekit.profile.host import host_device
+    from mobilekit.profiling.host import host_device
 
     return json.dumps(host_device(), sort_keys=True, default=str) + platform.python_version()
 
@@ -101,7 +101,7 @@ def _measure(artifact: Artifact, manifest: Manifest, entry: ModelEntry, config: 
     """Host LatencyReport of one artifact (cached by its hash and the settings), or None without a runtime."""
     if (artifact.format, artifact.delegate) not in HOST_FORMATS:
         return None
-    from mobilekit.profile.host import profile
+    from mobilekit.profiling.host import profile
 
     key = hashlib.sha256(f"{artifact.sha256}|{config.max_seconds}|{_host_id()}".encode()).hexdigest()
     cached_path = _json_cache(cache_root, "measurements", key)

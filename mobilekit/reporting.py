@@ -5,9 +5,9 @@ from __future__ import annotations
 import html as _html
 from typing import TYPE_CHECKING
 
-from mobilekit.profile.html import render_html
-from mobilekit.profile.markdown import render_markdown
-from mobilekit.profile.report import LatencyReport
+from mobilekit.profiling.html import render_html
+from mobilekit.profiling.markdown import render_markdown
+from mobilekit.profiling.report import LatencyReport
 
 if TYPE_CHECKING:
     from mobilekit.building import BuildResult

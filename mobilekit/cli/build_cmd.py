@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
         with progress_callback("build") as on_progress:
             result = build(config, on_progress=on_progress)
         if junit is not None:
-            from mobilekit.profile.budget import write_junit
+            from mobilekit.profiling.budget import write_junit
 
             write_junit(result.checks, junit, suite="mobilekit.build")
         if json_out:

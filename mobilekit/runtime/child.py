@@ -26,7 +26,7 @@ from mobilekit.errors import ConfigError, MobilekitError, RuntimeCrashError
 # job name -> "module:function(job: dict, inputs: list[np.ndarray], workdir: Path) -> (result dict, outputs)"
 JOBS: dict[str, str] = {
     "infer": "mobilekit.runtime.child:infer_job",
-    "measure": "mobilekit.profile.host:measure_job",
+    "measure": "mobilekit.profiling.host:measure_job",
 }
 
 
