@@ -9,7 +9,8 @@ OUT_JSON="${DERIVED_FILE_DIR}/mobilekit-build.json"
 IOS_TARGETS="${MOBILEKIT_IOS_TARGETS:-iphone-12-pro iphone-15-pro iphone-16-pro iphone-17-pro}"
 
 mkdir -p "${DERIVED_FILE_DIR}"
-"${MOBILEKIT}" build --config "${CONFIG}" --json --junit "${DERIVED_FILE_DIR}/mobilekit-junit.xml" > "${OUT_JSON}"
+# MOBILEKIT may be a command with arguments (e.g. "python -m mobilekit.cli.main"), so it is not quoted.
+${MOBILEKIT} build --config "${CONFIG}" --json --junit "${DERIVED_FILE_DIR}/mobilekit-junit.xml" > "${OUT_JSON}"
 
 DEST="${TARGET_BUILD_DIR}/${UNLOCALIZED_RESOURCES_FOLDER_PATH}/models"
 mkdir -p "${DEST}"

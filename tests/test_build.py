@@ -1,0 +1,117 @@
+"""``mobilekit build``: incremental, budget-gated, and embeddable from Gradle/Xcode."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from mobilekit.building import build
+
+pytestmark = [pytest.mark.xdist_group("build"), pytest.mark.slow, pytest.mark.backend_onnx]
+
+MODELS_PY = """
+import torch
+
+SEED = {seed}
+
+def convnet():
+    torch.manual_seed(SEED)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 3, padding=1))
+    return m.eval(), (torch.randn(1, 3, 16, 16),)
+
+def mlp():
+    torch.manual_seed(1)
+    m = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8))
+    return m.eval(), (torch.randn(2, 32),)
+"""
+
+CONFIG = """
+[build]
+targets = ["pixel-8", "iphone-15-pro"]
+formats = ["onnx"]
+precisions = ["fp32"]
+max_seconds = 0.2
+cache_dir = "cache"
+
+[budgets]
+latency_ms = {latency}
+size_mb = 5
+
+[models.conv]
+spec = "bmodels:convnet"
+
+[models.mlp]
+spec = "bmodels:mlp"
+precisions = ["fp32", "int8-dynamic"]
+"""
+
+
+@pytest.fixture()
+def project(tmp_path, monkeypatch):
+    (tmp_path / "bmodels.py").write_text(MODELS_PY.format(seed=0))
+    (tmp_path / "mobilekit.toml").write_text(CONFIG.format(latency=1000))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def _reload_models():
+    sys.modules.pop("bmodels", None)
+
+
+def test_build_then_rebuild_nothing_then_only_the_changed_model(project):
+    _reload_models()
+    first = build(project / "mobilekit.toml")
+    assert first.ok, [c.message for c in first.failures]
+    assert first.exported == 3  # conv fp32, mlp fp32, mlp int8 (each shared by both targets)
+    for name in ("build.json", "report.md", "report.html"):
+        assert (first.out / name).is_file()
+    assert {r["artifact"] for r in first.reports} == {a.path for m in first.manifests.values() for a in m.artifacts}
+    assert {e["target"] for e in first.estimates} == {"pixel-8", "iphone-15-pro"}
+    assert {c.metric for c in first.checks} == {"artifact_size_mb", "latency_p50_ms"}
+
+    _reload_models()
+    second = build(project / "mobilekit.toml")
+    assert second.exported == 0
+    assert all(a.cached for m in second.manifests.values() for a in m.artifacts)
+    assert all(r["cached"] for r in second.reports) and all(e["cached"] for e in second.estimates)
+
+    (project / "bmodels.py").write_text(MODELS_PY.format(seed=7))
+    _reload_models()
+    third = build(project / "mobilekit.toml")
+    assert third.exported == 1
+    assert [a.cached for a in third.manifests["conv"].artifacts] == [False]
+    assert all(a.cached for a in third.manifests["mlp"].artifacts)
+
+
+def test_budget_failure_exits_non_zero_with_summary_and_junit(project):
+    (project / "mobilekit.toml").write_text(CONFIG.format(latency=0.000001))
+    junit = project / "junit.xml"
+    env = {**os.environ, "PYTHONPATH": str(project)}
+    proc = subprocess.run([sys.executable, "-m", "mobilekit.cli.main", "build", "--junit", str(junit)], cwd=project,
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 7, proc.stderr
+    assert "budget(s) exceeded" in proc.stderr and "latency_p50_ms" in proc.stderr
+    suite = ET.parse(junit).getroot()
+    assert int(suite.get("failures") or suite.find("testsuite").get("failures")) > 0
+    data = json.loads((project / "build" / "mobilekit" / "build.json").read_text())
+    assert data["ok"] is False
+
+
+def test_xcode_build_phase_copies_ios_artifacts(project, tmp_path):
+    script = Path(__file__).resolve().parents[1] / "examples" / "ios" / "mobilekit-build-phase.sh"
+    derived, bundle = tmp_path / "derived", tmp_path / "app"
+    env = {**os.environ, "PYTHONPATH": str(project), "SRCROOT": str(project), "DERIVED_FILE_DIR": str(derived),
+           "TARGET_BUILD_DIR": str(bundle), "UNLOCALIZED_RESOURCES_FOLDER_PATH": "App.app",
+           "MOBILEKIT": f"{sys.executable} -m mobilekit.cli.main"}
+    proc = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=900, cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    copied = sorted(p.name for p in (bundle / "App.app" / "models").iterdir())
+    assert "conv-manifest.json" in copied and any(n.startswith("conv-onnx-fp32") for n in copied)
+    assert (derived / "mobilekit.stamp").exists()
