@@ -30,6 +30,19 @@ def artifact_rows(result: BuildResult) -> list[list[str]]:
     return rows
 
 
+def latency_rows(result: BuildResult) -> list[list[str]]:
+    """One row per artifact and latency source: host p50 with its 95% CI, or a target's estimate band."""
+    rows = []
+    for r in result.reports:
+        ci = f"[{r.get('ci95_low_ms') or 0:.2f}, {r.get('ci95_high_ms') or 0:.2f}]"
+        rows.append([r.get("model") or "", r["artifact"], "host (measured)", f"{r['p50_ms']:.2f}", ci])
+    for e in result.estimates:
+        rows.append([e.get("model") or "", e["artifact"], f"{e['target']} (estimate, {e.get('compute_unit', '')})",
+                     f"{e['ms']:.2f}", f"[{e['low_ms']:.2f}, {e['high_ms']:.2f}]"])
+    return rows
+
+
+LATENCY_COLUMNS = ["model", "artifact", "where", "p50 ms", "range ms"]
 ARTIFACT_COLUMNS = ["model", "artifact", "recipe", "targets", "size", "parity vs PyTorch", "export"]
 
 

@@ -1,7 +1,8 @@
-"""``mobilekit demo``: the README's main job on a built-in default, nothing downloaded."""
+"""``mobilekit demo``: the README's main job on built-in defaults, nothing downloaded."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -14,20 +15,19 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo_cmd(
         out: Annotated[Path, typer.Option("--out", "-o", help="output directory")] = Path("demo-out"),
-        spec: Annotated[str, typer.Option("--model", help="built-in model to export")] = "builtin:dit-tiny",
-        target: Annotated[list[str] | None, typer.Option("--target", "-t", help="targets (default: an iPhone and an Android phone)")] = None,
+        target: Annotated[list[str] | None, typer.Option("--target", "-t", help="targets (default: iphone-15-pro and pixel-8)")] = None,
     ) -> None:
-        """Export a built-in model for an iPhone and an Android phone and print the manifest."""
+        """Prune the built-in DiT, adapt the built-in GAN, build both for an iPhone and an Android phone."""
         from mobilekit.cli._output import err_console, print_table, progress_callback
-        from mobilekit.cli.export_cmd import MANIFEST_COLUMNS, manifest_rows
-        from mobilekit.exporting import export
-        from mobilekit.spec import load_spec
+        from mobilekit.demo import DEMO_TARGETS, run_demo
+        from mobilekit.reporting import ARTIFACT_COLUMNS, artifact_rows, latency_rows, LATENCY_COLUMNS
 
-        targets = target or ["iphone-15-pro", "pixel-8"]
-        loaded = load_spec(spec)
-        with progress_callback(f"demo: export {loaded.name}") as on_progress:
-            manifest = export(loaded.model, loaded.example_inputs, targets=targets, out_dir=out,
-                              calibration=loaded.calibration or None, model_name=loaded.name,
-                              input_names=loaded.input_names or None, on_progress=on_progress)
-        print_table(f"{loaded.name} for {', '.join(targets)}", MANIFEST_COLUMNS, manifest_rows(manifest))
-        err_console().print(f"manifest: {out / 'manifest.json'}")
+        with progress_callback("demo") as on_progress:
+            result = run_demo(out, targets=tuple(target or DEMO_TARGETS), on_progress=on_progress)
+        print_table(f"artifacts: {result.exported} built, the rest from the cache ({result.seconds:.1f} s)",
+                    ARTIFACT_COLUMNS, artifact_rows(result))
+        print_table("latency: measured on this host and estimated per target", LATENCY_COLUMNS, latency_rows(result))
+        verdict = "all budgets met" if result.ok else f"{len(result.failures)} budget(s) exceeded"
+        err_console().print(f"{verdict}; report: {result.out / 'report.html'}")
+        if not result.ok:
+            sys.exit(7)

@@ -1,0 +1,295 @@
+"""TFLite / LiteRT converter: PyTorch → ``litert_torch.convert`` → ``.tflite``, quantized by ai-edge-quantizer.
+
+litert-torch lowers integer tensors as int32, so int64 inputs (DiT timesteps, class labels) are
+taken as int32 by a thin wrapper that casts them back to int64 inside the graph; the artifact's
+inputs are float32 / int32 (recorded in ``ConvertResult.input_dtypes``).
+
+Precisions (ai-edge-quantizer recipes on the float flatbuffer):
+
+* ``fp32``: the float model as converted.
+* ``fp16``: float16 weights, float32 compute (weight-only ``FLOAT_CASTING`` to 16 bits; the
+  weights of fully-connected, conv, transposed-conv and embedding ops).
+* ``int8-weight``: ``weight_only_wi8_afp32`` (int8 weights dequantized to float for compute).
+* ``int8-dynamic``: ``dynamic_wi8_afp32`` (int8 weights, activations quantized at run time).
+* ``int8-static``: ``static_wi8_ai8`` calibrated on the calibration batches; the model's own
+  inputs and outputs stay float (quantize/dequantize ops are inserted at the edges) so apps
+  and the runtime feed the same tensors as for fp32.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import io
+import logging
+import os
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from converters.base import ConvertResult, StageTimer, Support, module_path_of_op, supports_from_table
+from mobilekit._deps import require
+from mobilekit._io import write_bytes_atomic
+from mobilekit.errors import ConfigError, ExportError, UnsupportedOpError
+from mobilekit.recipe import Recipe
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS: dict[str | None, tuple[str, ...]] = {None: ("fp32", "fp16", "int8-weight", "int8-dynamic", "int8-static")}
+SIGNATURE = "serving_default"
+_INT32 = (-(2**31), 2**31 - 1)
+_LOWERING = re.compile(r"Lowering not found:\s*(aten\.[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?)")
+
+
+class Int32Inputs(torch.nn.Module):
+    """Takes int32 where the wrapped model takes int64 and casts back inside the graph.
+
+    Args:
+        model: the model to call.
+        long_inputs: positions of the inputs the model expects as int64.
+    """
+
+    def __init__(self, model: torch.nn.Module, long_inputs: Sequence[int]) -> None:
+        super().__init__()
+        self.model = model
+        self.long_inputs = frozenset(long_inputs)
+
+    def forward(self, *args: torch.Tensor) -> Any:
+        """Call the model with the int64 inputs restored."""
+        return self.model(*(a.long() if i in self.long_inputs else a for i, a in enumerate(args)))
+
+
+class TFLiteConverter:
+    """Exports a model to a LiteRT (TFLite) flatbuffer.
+
+    Example:
+        >>> TFLiteConverter().supports(Recipe.parse("tflite-int8-dynamic")).ok
+        True
+    """
+
+    format: ClassVar[str] = "tflite"
+    precisions: ClassVar[dict[str | None, tuple[str, ...]]] = PRECISIONS
+
+    def supports(self, recipe: Recipe) -> Support:
+        """Whether ``recipe`` can be built, with the reason and the alternatives when not.
+
+        Args:
+            recipe: a recipe whose format is ``tflite``.
+        """
+        if recipe.format != "tflite":
+            return Support(False, f"the TFLite converter builds format tflite, not {recipe.format}",
+                           tuple(f"tflite-{p}" for p in PRECISIONS[None]))
+        return supports_from_table("tflite", PRECISIONS, recipe)
+
+    def convert(self, model: torch.nn.Module, example_inputs: tuple[Any, ...], recipe: Recipe, workdir: Path, *,
+                calibration: Sequence[tuple[Any, ...]] | None = None) -> ConvertResult:
+        """Convert ``model`` to ``workdir/model.tflite``.
+
+        Args:
+            model: the PyTorch model; not modified (a deep copy is converted, in eval mode).
+            example_inputs: a tuple of tensors (float, or integer ids which become int32 inputs).
+            recipe: a ``tflite-*`` recipe.
+            workdir: an empty directory to write into.
+            calibration: input tuples for int8-static activation ranges (None: the example inputs).
+
+        Returns:
+            A ConvertResult naming ``model.tflite``, its input/output names and input dtypes.
+
+        Raises:
+            ConfigError: the recipe is not supported, or inputs are not tensors / don't fit int32.
+            UnsupportedOpError: litert-torch has no lowering for an op (names the op and module path).
+            ExportError: any other conversion or quantization failure.
+
+        Example:
+            >>> res = TFLiteConverter().convert(model, (x,), Recipe.parse("tflite-int8-dynamic"), tmp)  # doctest: +SKIP
+        """
+        support = self.supports(recipe)
+        if not support:
+            raise ConfigError(support.reason, where=f"recipe {recipe.name}",
+                              fix=f"choose one of: {', '.join(support.supported)}")
+        litert_torch = require("litert_torch", extra="tflite", purpose="to export TFLite models")
+        timer = StageTimer()
+        notes: list[str] = []
+        with timer("prepare"):
+            inputs = _as_int32(example_inputs, "example_inputs")
+            long_pos = [i for i, t in enumerate(example_inputs) if _is_long(t)]
+            original = copy.deepcopy(model).eval()
+            wrapped = Int32Inputs(original, long_pos).eval() if long_pos else original
+            names = _input_names(original, len(inputs))
+        with timer("lower"):
+            try:
+                with _quiet():
+                    edge = litert_torch.convert(wrapped, tuple(inputs))
+                    flatbuffer = bytes(edge.model_content())
+            except ConfigError:
+                raise
+            except Exception as exc:
+                raise _map_error(exc, original, tuple(example_inputs)) from exc
+        if recipe.precision != "fp32":
+            with timer("quantize"):
+                batches = (calibration or [tuple(example_inputs)]) if recipe.precision == "int8-static" else []
+                cal = [_as_int32(b, f"calibration[{k}]") for k, b in enumerate(batches)]
+                flatbuffer = _quantize(flatbuffer, recipe.precision, cal)
+        with timer("validate"):
+            in_names, out_names, in_dtypes = _io_details(flatbuffer, inputs)
+        filename = "model.tflite"
+        with timer("serialize"):
+            write_bytes_atomic(Path(workdir) / filename, flatbuffer)
+        notes.append("signature serving_default: " + ", ".join(f"{s}={n}" for s, n in zip(in_names, names,
+                                                                                          strict=True)))
+        if long_pos:
+            notes.append(f"int64 inputs {[names[i] for i in long_pos]} are int32 in the artifact (cast inside)")
+        return ConvertResult(filename=filename, stages=timer.stages, input_names=in_names, output_names=out_names,
+                             notes=notes, input_dtypes=in_dtypes)
+
+
+def _is_long(t: Any) -> bool:
+    return isinstance(t, torch.Tensor) and t.dtype == torch.int64
+
+
+def _as_int32(batch: Sequence[Any], where: str) -> list[torch.Tensor]:
+    """Tensors of ``batch`` with int64 ones cast to int32 (after a range check)."""
+    if not isinstance(batch, (tuple, list)) or not batch:
+        raise ConfigError(f"{where} must be a non-empty tuple of tensors", where=where,
+                          fix="pass e.g. (torch.randn(1, 3, 64, 64),)")
+    out = []
+    for i, t in enumerate(batch):
+        if not isinstance(t, torch.Tensor):
+            raise ConfigError(f"input {i} is a {type(t).__name__}, not a tensor", where=f"{where}[{i}]",
+                              fix="pass tensors only (wrap the model so it takes positional tensors)")
+        if t.dtype == torch.int64:
+            if t.numel() and (int(t.min()) < _INT32[0] or int(t.max()) > _INT32[1]):
+                raise ConfigError(f"input {i} holds values outside the int32 range", where=f"{where}[{i}]",
+                                  fix="TFLite takes int32 ids; keep integer inputs within ±2^31")
+            t = t.to(torch.int32)
+        out.append(t)
+    return out
+
+
+def _input_names(model: torch.nn.Module, n: int) -> list[str]:
+    try:
+        params = [p.name for p in inspect.signature(model.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    return (params + [f"input_{i}" for i in range(len(params), n)])[:n]
+
+
+def _map_error(exc: BaseException, model: torch.nn.Module, inputs: tuple[Any, ...]) -> Exception:
+    """An UnsupportedOpError (with module path) for a missing lowering, else an ExportError."""
+    m = _LOWERING.search(str(exc))
+    if m is None:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return ExportError(f"litert-torch failed to convert the model: {type(exc).__name__}: {first}",
+                           where="litert_torch.convert",
+                           fix="run with MOBILEKIT_DEBUG=1 for the traceback, or choose another format")
+    op = m.group(1)
+    path = None
+    try:  # find who calls the op: export again, decomposed like litert-torch does
+        program = torch.export.export(model, inputs, strict=False)
+        path = module_path_of_op(program, op) or module_path_of_op(program.run_decompositions(), op)
+        if path is None:  # a decomposition renamed it (aten._linalg_det comes from aten.linalg_det)
+            path = module_path_of_op(program, op.replace("aten._", "aten."))
+    except Exception:  # the module path is a courtesy; the op name alone still helps
+        logger.debug("could not locate op %s in the exported program", op, exc_info=True)
+    return UnsupportedOpError(f"LiteRT (litert-torch) has no lowering for op {op}", op=op, module_path=path,
+                              backend="tflite", where=path or "unknown module",
+                              fix="rewrite that module with supported ops, or choose another format "
+                                  "(onnx, executorch, coreml)")
+
+
+def _quantize(flatbuffer: bytes, precision: str, calibration: list[list[torch.Tensor]]) -> bytes:
+    """Apply the ai-edge-quantizer recipe for ``precision`` to a float flatbuffer."""
+    require("ai_edge_quantizer", extra="tflite", purpose="to quantize TFLite models")
+    from ai_edge_quantizer import qtyping, quantizer, recipe
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    ops = qtyping.TFLOperationName
+    q = quantizer.Quantizer(bytearray(flatbuffer))
+    if precision == "fp16":
+        q.add_weight_only_config(regex=".*", operation_name=ops.ALL_SUPPORTED, num_bits=16,
+                                 algorithm_key=AlgorithmName.FLOAT_CASTING)
+    elif precision == "int8-weight":
+        q.load_quantization_recipe(recipe.weight_only_wi8_afp32())
+    elif precision == "int8-dynamic":
+        q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+    elif precision == "int8-static":
+        q.load_quantization_recipe(recipe.static_wi8_ai8())
+        for op in (ops.INPUT, ops.OUTPUT):  # keep float I/O: quantize/dequantize inside the model
+            q.update_quantization_recipe(regex=".*", operation_name=op, algorithm_key=AlgorithmName.NO_QUANTIZE)
+    else:  # supports() keeps other precisions out
+        raise ConfigError(f"no TFLite quantization recipe for {precision}", where="precision")
+    try:
+        with _quiet(), warnings.catch_warnings():
+            result = None
+            if q.need_calibration:
+                warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
+                arg_names = _signature_inputs(flatbuffer)
+                data = {SIGNATURE: [{n: t.detach().numpy() for n, t in zip(arg_names, batch, strict=True)}
+                                    for batch in calibration]}
+                result = q.calibrate(data, num_threads=1)
+            quantized = q.quantize(result, enable_progress_bar=False, enable_progress_report=False)
+    except Exception as exc:
+        raise ExportError(f"ai-edge-quantizer could not apply {precision}: {type(exc).__name__}: {exc}",
+                          where="ai_edge_quantizer", fix="try int8-weight or int8-dynamic, or fp32") from exc
+    return bytes(quantized.quantized_model)
+
+
+def _signature_inputs(flatbuffer: bytes) -> list[str]:
+    """Argument names of the ``serving_default`` signature, in the model's positional order."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=flatbuffer)
+    by_index = {d["index"]: name for name, d in
+                it.get_signature_runner(SIGNATURE).get_input_details().items()}
+    return [by_index[d["index"]] for d in it.get_input_details()]
+
+
+def _io_details(flatbuffer: bytes, inputs: list[torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+    """Signature input names, output names and input dtypes of the flatbuffer, checked against ``inputs``.
+
+    Names are those of the ``serving_default`` signature (``args_0``, ``output_0``), what an app's
+    signature runner uses; the order is the model's positional order.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=flatbuffer)
+    ins, outs = it.get_input_details(), it.get_output_details()
+    if len(ins) != len(inputs):
+        raise ExportError(f"the .tflite takes {len(ins)} inputs, the model {len(inputs)}", where="model.tflite",
+                          fix="inputs the model ignores are dropped by litert-torch: remove them from forward")
+    for k, (d, t) in enumerate(zip(ins, inputs, strict=True)):
+        if tuple(d["shape"]) != tuple(t.shape):
+            raise ExportError(f"input {k} of the .tflite has shape {tuple(d['shape'])}, the model's {tuple(t.shape)}",
+                              where="model.tflite", fix="report it with MOBILEKIT_DEBUG=1")
+    runner = it.get_signature_runner(SIGNATURE)
+    in_by_index = {d["index"]: n for n, d in runner.get_input_details().items()}
+    out_by_index = {d["index"]: n for n, d in runner.get_output_details().items()}
+    return ([in_by_index.get(d["index"], d["name"]) for d in ins],
+            [out_by_index.get(d["index"], d["name"]) for d in outs],
+            [np.dtype(d["dtype"]).name for d in ins])
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Switch off litert-torch's progress lines and catch quantizer prints; log them at DEBUG."""
+    old = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
+    os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
+    buf = io.StringIO()
+    try:
+        with redirect_stderr(buf), redirect_stdout(buf):
+            yield
+    finally:
+        if old is None:
+            os.environ.pop("LITERT_TORCH_SHOW_PROGRESS", None)
+        else:
+            os.environ["LITERT_TORCH_SHOW_PROGRESS"] = old
+        text = buf.getvalue().strip()
+        if text:
+            logger.debug("litert-torch/ai-edge-quantizer said: %s", text[-4000:])
