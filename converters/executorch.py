@@ -1,0 +1,329 @@
+"""ExecuTorch converter: PyTorch → ``torch.export`` → edge dialect + delegate → ``.pte``.
+
+Stages: ``prepare`` (copy, eval, fp16 wrapper), ``quantize`` (PT2E or torchao), ``lower``
+(capture with ``torch.export`` and ``to_edge_transform_and_lower`` with the delegate's
+partitioner), ``serialize`` (``to_executorch`` and the files).
+
+Delegates and precisions (executorch 1.5.1, checked on this toolchain):
+
+* ``xnnpack``:
+  ``fp32``; ``fp16`` (the model runs in float16 inside a wrapper that keeps float32 inputs and
+  outputs; XNNPACK takes the float16 ops); ``int8-dynamic`` and ``int8-static`` through the
+  PT2E ``XNNPACKQuantizer`` (symmetric, per-channel weights). ``int8-weight`` is refused: the
+  XNNPACK quantizer has no weight-only configuration, and torchao's ``IntxWeightOnlyConfig``
+  leaves ``torchao::dequantize_affine`` outside the delegate with no ExecuTorch kernel.
+* ``coreml``:
+  ``fp32`` and ``fp16`` (Core ML compute precision), ``int8-weight`` (torchao
+  ``IntxWeightOnlyConfig``, per-channel int8, consumed by the Core ML delegate) and
+  ``int8-static`` (the PT2E ``CoreMLQuantizer``, int8 activations calibrated on samples).
+  ``int8-dynamic`` is refused: Core ML has no run-time activation quantization. The ``.pte``
+  holds a Core ML model; it runs only where ExecuTorch has the Core ML backend (Apple hosts).
+  Known limits of ``int8-static`` here: the Core ML quantizer captures ~400 pattern graphs with
+  ``torch.export`` on every call (about a minute on an idle core, whatever the model size), and
+  coremltools 9 rejects the int32 ``quantize`` it places on a diffusers DiT's integer path (an
+  ExportError; use ``int8-weight`` for DiTs).
+
+``external_weights=True`` writes the weights into ``model.ptd`` beside ``model.pte`` (program–
+data separation: several programs, e.g. LoRA variants, can share one weight file); load it
+with ``ExecuTorchRunner(path, data_path=...)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from converters._torch_common import (
+    HalfPrecision,
+    capture,
+    check_calibration,
+    check_inputs,
+    first_line,
+    io_names,
+    map_backend_error,
+    op_histogram,
+    prepared_copy,
+)
+from converters.base import ConvertResult, StageTimer, Support, supports_from_table
+from mobilekit._deps import require
+from mobilekit._io import write_bytes_atomic
+from mobilekit.errors import ConfigError, ExportError
+from mobilekit.recipe import Recipe
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS: dict[str | None, tuple[str, ...]] = {
+    "xnnpack": ("fp32", "fp16", "int8-dynamic", "int8-static"),
+    "coreml": ("fp32", "fp16", "int8-weight", "int8-static"),
+}
+# Why a (delegate, precision) pair is refused, beyond "not in the table".
+_REFUSED: dict[tuple[str, str], str] = {
+    ("xnnpack", "int8-weight"): (
+        "executorch-xnnpack cannot build int8-weight: the XNNPACK quantizer has no weight-only config and "
+        "torchao weight-only quantization leaves torchao::dequantize_affine outside the delegate, with no "
+        "ExecuTorch kernel; int8-dynamic also stores int8 weights and runs in XNNPACK"),
+    ("coreml", "int8-dynamic"): (
+        "executorch-coreml cannot build int8-dynamic: Core ML has no run-time activation quantization; "
+        "use int8-weight (int8 weights, float activations) or int8-static"),
+}
+DEFAULT_DEPLOYMENT_TARGET = "iOS17"
+DEFAULT_COMPUTE_UNITS = "ALL"
+_COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
+_TARGET_RE = re.compile(r"^(iOS|macOS|tvOS|watchOS)(\d+)$")
+# Lowest iOS major version each Core ML delegate precision needs (int8 ops in ML Programs).
+_COREML_MIN_IOS = {"fp32": 15, "fp16": 15, "int8-weight": 16, "int8-static": 17}
+_IOS_EQUIVALENT = {"iOS": 0, "tvOS": 0, "macOS": 3, "watchOS": 7}  # macOS14 ≈ iOS17, watchOS10 ≈ iOS17
+DATA_TAG = "model"  # the .ptd file is named after this tag
+
+
+class ExecuTorchConverter:
+    """Exports a model to an ExecuTorch ``.pte`` with the XNNPACK or Core ML delegate.
+
+    Args:
+        external_weights: write the weights to ``model.ptd`` beside the program instead of
+            inside ``model.pte`` (``convert(..., external_weights=...)`` overrides it per call).
+
+    Example:
+        >>> conv = ExecuTorchConverter()
+        >>> conv.supports(Recipe.parse("executorch-xnnpack-int8-dynamic")).ok
+        True
+        >>> conv.supports(Recipe.parse("executorch-xnnpack-int8-weight")).reason[:44]
+        'executorch-xnnpack cannot build int8-weight:'
+    """
+
+    format: ClassVar[str] = "executorch"
+    precisions: ClassVar[dict[str | None, tuple[str, ...]]] = PRECISIONS
+
+    def __init__(self, *, external_weights: bool = False) -> None:
+        self.external_weights = bool(external_weights)
+
+    def supports(self, recipe: Recipe) -> Support:
+        """Whether ``recipe`` can be built here, with the reason and the buildable recipes when not."""
+        if recipe.format != self.format:
+            return Support(False, f"the ExecuTorch converter builds format executorch, not {recipe.format}",
+                           _names())
+        answer = supports_from_table(self.format, PRECISIONS, recipe)
+        reason = _REFUSED.get((str(recipe.delegate), recipe.precision))
+        if not answer.ok and reason:
+            return Support(False, reason, answer.supported)
+        return answer
+
+    def convert(self, model: torch.nn.Module, example_inputs: tuple[Any, ...], recipe: Recipe, workdir: Path, *,
+                calibration: Sequence[tuple[Any, ...]] | None = None, external_weights: bool | None = None,
+                **options: Any) -> ConvertResult:
+        """Quantize, lower and serialize ``model`` into ``workdir/model.pte`` (and ``model.ptd``).
+
+        Args:
+            model: the PyTorch module; it is copied, never modified.
+            example_inputs: one tensor per positional argument of ``forward`` (fixes the shapes).
+            recipe: an ``executorch`` recipe (delegate ``xnnpack`` or ``coreml``).
+            workdir: an existing, empty directory the files are written into.
+            calibration: input batches for ``int8-static`` (None: the example inputs).
+            external_weights: weights into ``model.ptd`` (None: the converter's setting).
+            **options: options meant for other converters; ignored.
+
+        Returns:
+            The files written (relative to ``workdir``), seconds per stage, input/output names, notes.
+
+        Raises:
+            ConfigError: unsupported recipe, bad inputs or Core ML settings.
+            UnsupportedOpError: the model calls an op the backend cannot lower (names op and module path).
+            ExportError: capture, quantization or lowering failed for another reason.
+
+        Example:
+            >>> res = ExecuTorchConverter().convert(model, (x,), Recipe.parse("executorch-xnnpack-fp32"),
+            ...                                     Path("work"))  # doctest: +SKIP
+        """
+        if options:
+            logger.debug("ignoring options for other converters: %s", sorted(options))
+        support = self.supports(recipe)
+        if not support.ok:
+            raise ConfigError(support.reason, where=recipe.name, fix=f"choose one of: {', '.join(support.supported)}")
+        external = self.external_weights if external_weights is None else bool(external_weights)
+        inputs = check_inputs(example_inputs)
+        workdir = Path(workdir)
+        require("executorch.exir", extra="executorch", purpose="to export .pte files")
+        delegate = str(recipe.delegate)
+        backend = recipe.name
+        coreml_specs = _coreml_compile_specs(recipe) if delegate == "coreml" else None
+        timer = StageTimer()
+        notes: list[str] = []
+
+        with timer("prepare"):
+            module = prepared_copy(model)
+            if recipe.precision == "fp16" and delegate == "xnnpack":
+                module = HalfPrecision(module)
+                notes.append("runs in float16 inside XNNPACK; inputs and outputs stay float32")
+        with timer("quantize"):
+            module = _quantize(module, inputs, recipe, calibration, notes)
+        with timer("lower"):
+            program = capture(module, inputs, backend=backend)
+            if external:
+                program = _tag_external_weights(program, inputs, backend)
+            edge = _lower(program, delegate, coreml_specs, backend)
+            notes.extend(_delegation_notes(edge, delegate))
+        with timer("serialize"):
+            filename, extra = _serialize(edge, workdir, external, backend, delegate)
+        in_names, out_names = io_names(program, model)
+        if external:
+            notes.append(f"weights in {extra[0]}: load with data_path" if extra
+                         else "external_weights: the delegate kept its weights inside the program")
+        return ConvertResult(filename=filename, extra_files=extra, stages=timer.stages, input_names=in_names,
+                             output_names=out_names, notes=notes)
+
+
+def _names() -> tuple[str, ...]:
+    return tuple(f"executorch-{d}-{p}" for d, ps in PRECISIONS.items() for p in ps)
+
+
+def _coreml_compile_specs(recipe: Recipe) -> list[Any]:
+    """Core ML compile specs from the recipe's deployment target, compute units and precision."""
+    target = recipe.deployment_target or DEFAULT_DEPLOYMENT_TARGET
+    units = (recipe.compute_units or DEFAULT_COMPUTE_UNITS).upper()
+    match = _TARGET_RE.match(target)
+    if match is None:
+        raise ConfigError(f"unknown Core ML deployment target {target!r}", where="deployment_target",
+                          fix="write it like iOS17, iOS18 or macOS15")
+    ios = int(match.group(2)) + _IOS_EQUIVALENT[match.group(1)]
+    need = _COREML_MIN_IOS[recipe.precision]
+    if ios < need:
+        raise ConfigError(f"{recipe.name} needs deployment target iOS{need} or later, got {target}",
+                          where="deployment_target", fix=f"set deployment_target to iOS{need} or later")
+    if units not in _COMPUTE_UNITS:
+        raise ConfigError(f"unknown Core ML compute units {units!r}", where="compute_units",
+                          fix=f"known: {', '.join(_COMPUTE_UNITS)}")
+    ct = require("coremltools", extra="coreml", purpose="for the ExecuTorch Core ML delegate")
+    from executorch.backends.apple.coreml.compiler import CoreMLBackend
+
+    ct_target = getattr(ct.target, target, None)
+    if ct_target is None:
+        raise ConfigError(f"coremltools {ct.__version__} does not know deployment target {target}",
+                          where="deployment_target", fix="choose an older target or upgrade coremltools")
+    precision = ct.precision.FLOAT32 if recipe.precision == "fp32" else ct.precision.FLOAT16
+    return list(CoreMLBackend.generate_compile_specs(compute_unit=getattr(ct.ComputeUnit, units),
+                                                     minimum_deployment_target=ct_target,
+                                                     compute_precision=precision))
+
+
+def _quantize(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], recipe: Recipe,
+              calibration: Sequence[tuple[Any, ...]] | None, notes: list[str]) -> torch.nn.Module:
+    """Apply the recipe's quantization; return the module to capture for lowering."""
+    precision, delegate = recipe.precision, str(recipe.delegate)
+    if precision in ("fp32", "fp16"):
+        return module
+    if precision == "int8-weight":  # Core ML delegate only (see _REFUSED)
+        from torchao.quantization import IntxWeightOnlyConfig, quantize_
+        from torchao.quantization.granularity import PerAxis
+
+        try:
+            quantize_(module, IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0)))
+        except Exception as exc:
+            raise ExportError(f"torchao weight-only int8 quantization failed: {first_line(exc)}",
+                              where=recipe.name, fix="try executorch-coreml-fp16") from exc
+        notes.append("int8 per-channel weights (torchao IntxWeightOnlyConfig), float16 compute")
+        return module
+    batches = check_calibration(calibration, inputs) if precision == "int8-static" else [inputs]
+    quantizer = _pt2e_quantizer(delegate, dynamic=precision == "int8-dynamic")
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    graph = capture(module, inputs, backend=recipe.name).module()
+    try:
+        prepared = prepare_pt2e(graph, quantizer)  # type: ignore[arg-type]
+        with torch.no_grad():
+            for batch in batches:
+                prepared(*batch)
+        converted = convert_pt2e(prepared)
+    except Exception as exc:
+        raise ExportError(f"PT2E {precision} quantization for {delegate} failed: {first_line(exc)}",
+                          where=recipe.name, fix="try another precision (e.g. fp32 or fp16)") from exc
+    what = "run-time (dynamic)" if precision == "int8-dynamic" else f"calibrated on {len(batches)} batch(es)"
+    notes.append(f"int8 activations {what}, int8 per-channel weights (PT2E {type(quantizer).__name__})")
+    return converted  # type: ignore[no-any-return]
+
+
+def _pt2e_quantizer(delegate: str, *, dynamic: bool) -> Any:
+    if delegate == "xnnpack":
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+
+        config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic)
+        return XNNPACKQuantizer().set_global(config)
+    ct = require("coremltools", extra="coreml", purpose="for the Core ML quantizer")
+    from executorch.backends.apple.coreml.quantizer import CoreMLQuantizer
+
+    cfg = ct.optimize.torch.quantization.LinearQuantizerConfig(
+        global_config=ct.optimize.torch.quantization.ModuleLinearQuantizerConfig(
+            quantization_scheme="symmetric", activation_dtype=torch.quint8, weight_dtype=torch.qint8,
+            weight_per_channel=True))
+    return CoreMLQuantizer(cfg)
+
+
+def _tag_external_weights(program: torch.export.ExportedProgram, inputs: tuple[torch.Tensor, ...],
+                          backend: str) -> torch.export.ExportedProgram:
+    """Tag every constant so delegates store it in the named data file instead of their blob."""
+    from executorch.exir.passes.external_constants_pass import delegate_external_constants_pass_unlifted
+
+    graph = program.module()
+    delegate_external_constants_pass_unlifted(graph, gen_tag_fn=lambda _node: DATA_TAG)
+    return capture(graph, inputs, backend=backend)  # type: ignore[arg-type]
+
+
+def _lower(program: torch.export.ExportedProgram, delegate: str, coreml_specs: list[Any] | None,
+           backend: str) -> Any:
+    from executorch.exir import to_edge_transform_and_lower
+
+    if delegate == "xnnpack":
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+        partitioner: Any = XnnpackPartitioner()
+    else:
+        from executorch.backends.apple.coreml.partition import CoreMLPartitioner
+
+        partitioner = CoreMLPartitioner(compile_specs=coreml_specs)
+    try:
+        return to_edge_transform_and_lower(program, partitioner=[partitioner])
+    except Exception as exc:
+        raise map_backend_error(exc, backend=backend, program=program, stage="lowering", where=backend,
+                                fix="choose another precision or delegate") from exc
+
+
+def _delegation_notes(edge: Any, delegate: str) -> list[str]:
+    """A note listing the ops left outside the delegate (they run on ExecuTorch's portable kernels)."""
+    graph = edge.exported_program().graph
+    delegated = sum(1 for n in graph.nodes if n.op == "call_function" and "call_delegate" in str(n.target))
+    left = op_histogram(graph)
+    if delegated == 0:
+        return [f"nothing was delegated to {delegate}: every op runs on portable kernels"]
+    if not left:
+        return [f"fully delegated to {delegate} ({delegated} partition(s))"]
+    top = ", ".join(f"{op}×{n}" for op, n in left.most_common(6))
+    return [f"{delegated} {delegate} partition(s); {sum(left.values())} ops on portable kernels ({top})"]
+
+
+def _serialize(edge: Any, workdir: Path, external: bool, backend: str, delegate: str) -> tuple[str, list[str]]:
+    """Write ``model.pte`` (and ``model.ptd``) into ``workdir``; return their relative names."""
+    from executorch.exir import ExecutorchBackendConfig
+
+    config = ExecutorchBackendConfig(external_constants=(lambda _node: DATA_TAG) if external else False)
+    try:
+        program = edge.to_executorch(config)
+        buffer = program.buffer
+    except Exception as exc:
+        raise map_backend_error(exc, backend=backend, program=edge.exported_program(), stage="serialization",
+                                where=backend, fix="choose another precision or delegate") from exc
+    filename = "model.pte"
+    write_bytes_atomic(workdir / filename, buffer)
+    extra: list[str] = []
+    for tag, cord in (getattr(program, "_tensor_data", None) or {}).items():
+        name = tag if str(tag).endswith(".ptd") else f"{tag}.ptd"
+        write_bytes_atomic(workdir / name, bytes(cord))
+        extra.append(name)
+    logger.debug("wrote %s (%d bytes) + %s for %s", filename, len(buffer), extra, delegate)
+    return filename, extra

@@ -1,0 +1,322 @@
+"""ONNX converter: PyTorch → ``torch.export`` → ``torch.onnx.export(dynamo=True)`` → ``.onnx``.
+
+Stages: ``prepare`` (copy, eval), ``lower`` (capture with ``torch.export``, translate with the
+onnxscript-based exporter), ``quantize`` (ONNX Runtime's tools, on the ONNX graph),
+``serialize`` (write ``model.onnx``, and ``model.onnx.data`` with ``external_weights``).
+
+Precisions (onnxruntime 1.31, checked on this toolchain):
+
+* ``fp32``: the exported graph.
+* ``fp16``: ``onnxruntime.transformers.float16.convert_float_to_float16`` with float32 inputs and
+  outputs kept (casts at the edges); no extra package needed.
+* ``int8-weight``: MatMuls with constant weights become ``MatMulNBits`` (8 bits, blocks of 32,
+  symmetric); Gemm and Conv weights are stored int8 per output channel behind a
+  ``DequantizeLinear``. Activations stay float.
+* ``int8-dynamic``: ``quantize_dynamic`` (int8 per-channel weights, activations quantized at
+  run time) on MatMul and Gemm.
+* ``int8-static``: ``quantize_static`` in QDQ format, uint8 activations calibrated on the
+  ``calibration`` batches, int8 per-channel weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from converters._torch_common import (
+    capture,
+    check_calibration,
+    check_inputs,
+    first_line,
+    forward_arg_names,
+    map_backend_error,
+    prepared_copy,
+)
+from converters.base import ConvertResult, StageTimer, Support, supports_from_table
+from mobilekit._deps import require
+from mobilekit._io import atomic_path
+from mobilekit.errors import ConfigError, ExportError
+from mobilekit.recipe import Recipe
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS: dict[str | None, tuple[str, ...]] = {None: ("fp32", "fp16", "int8-weight", "int8-dynamic",
+                                                        "int8-static")}
+OPSET = 18
+# Weights with fewer elements than this stay float in int8-weight (biases, norms, tiny layers).
+MIN_QUANTIZED_WEIGHT_ELEMENTS = 256
+MATMUL_NBITS_BLOCK = 32
+_PROTOBUF_LIMIT = 2**31 - 2**20  # bytes; bigger models must keep their weights in a .data file
+
+
+class OnnxConverter:
+    """Exports a model to ONNX, run by ONNX Runtime.
+
+    Example:
+        >>> conv = OnnxConverter()
+        >>> conv.supports(Recipe.parse("onnx-int8-static")).ok
+        True
+    """
+
+    format: ClassVar[str] = "onnx"
+    precisions: ClassVar[dict[str | None, tuple[str, ...]]] = PRECISIONS
+
+    def __init__(self, *, external_weights: bool = False, opset: int = OPSET) -> None:
+        if not isinstance(opset, int) or opset < 17:
+            raise ConfigError(f"opset must be an int >= 17, got {opset!r}", where="opset",
+                              fix="use the default (18) unless a runtime needs another")
+        self.external_weights = bool(external_weights)
+        self.opset = opset
+
+    def supports(self, recipe: Recipe) -> Support:
+        """Whether ``recipe`` can be built here, with the reason and the buildable recipes when not."""
+        if recipe.format != self.format:
+            names = tuple(f"onnx-{p}" for p in PRECISIONS[None])
+            return Support(False, f"the ONNX converter builds format onnx, not {recipe.format}", names)
+        return supports_from_table(self.format, PRECISIONS, recipe)
+
+    def convert(self, model: torch.nn.Module, example_inputs: tuple[Any, ...], recipe: Recipe, workdir: Path, *,
+                calibration: Sequence[tuple[Any, ...]] | None = None, external_weights: bool | None = None,
+                **options: Any) -> ConvertResult:
+        """Export ``model`` to ``workdir/model.onnx`` in the recipe's precision.
+
+        Args:
+            model: the PyTorch module; it is copied, never modified.
+            example_inputs: one tensor per positional argument of ``forward`` (fixes the shapes).
+            recipe: an ``onnx`` recipe.
+            workdir: an existing, empty directory the files are written into.
+            calibration: input batches for ``int8-static`` (None: the example inputs).
+            external_weights: weights into ``model.onnx.data`` (None: the converter's setting;
+                models over 2 GB always do this).
+            **options: options meant for other converters; ignored.
+
+        Returns:
+            The files written (relative to ``workdir``), seconds per stage, input/output names, notes.
+
+        Raises:
+            ConfigError: unsupported recipe or bad inputs.
+            UnsupportedOpError: the exporter has no ONNX translation for an op (names op and module path).
+            ExportError: capture, translation or quantization failed for another reason.
+
+        Example:
+            >>> res = OnnxConverter().convert(model, (x,), Recipe.parse("onnx-int8-dynamic"),
+            ...                               Path("work"))  # doctest: +SKIP
+        """
+        if options:
+            logger.debug("ignoring options for other converters: %s", sorted(options))
+        support = self.supports(recipe)
+        if not support.ok:
+            raise ConfigError(support.reason, where=recipe.name, fix=f"choose one of: {', '.join(support.supported)}")
+        external = self.external_weights if external_weights is None else bool(external_weights)
+        inputs = check_inputs(example_inputs)
+        batches = check_calibration(calibration, inputs) if recipe.precision == "int8-static" else []
+        workdir = Path(workdir)
+        onnx = require("onnx", extra="onnx", purpose="to write .onnx files")
+        require("onnxscript", extra="onnx", purpose="for torch.onnx.export(dynamo=True)")
+        timer = StageTimer()
+        notes: list[str] = []
+
+        with timer("prepare"):
+            module = prepared_copy(model)
+        with timer("lower"):
+            program = capture(module, inputs, backend=recipe.name)
+            names = forward_arg_names(model)
+            in_names = names[:len(inputs)] if len(names) >= len(inputs) else [f"input_{i}" for i in
+                                                                              range(len(inputs))]
+            proto = _to_onnx(program, in_names, recipe.name, self.opset)
+        with timer("quantize"):
+            with tempfile.TemporaryDirectory(prefix=".mk-onnx-", dir=workdir) as tmp:
+                proto = _quantize(proto, recipe.precision, batches, Path(tmp), notes)
+        with timer("serialize"):
+            filename, extra = _save(onnx, proto, workdir, external)
+        return ConvertResult(filename=filename, extra_files=extra, stages=timer.stages,
+                             input_names=[i.name for i in proto.graph.input],
+                             output_names=[o.name for o in proto.graph.output], notes=notes)
+
+
+def _to_onnx(program: torch.export.ExportedProgram, in_names: list[str], backend: str, opset: int) -> Any:
+    """Translate a captured program to an ONNX ModelProto (value_info dropped: it can be stale)."""
+    n_out = len(program.graph_signature.user_outputs)
+    out_names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
+    try:
+        onnx_program = torch.onnx.export(program, dynamo=True, input_names=in_names, output_names=out_names,
+                                         opset_version=opset, optimize=True, verbose=False)
+    except Exception as exc:
+        raise map_backend_error(exc, backend=backend, program=program, stage="translation", where=backend,
+                                fix="rewrite that module with ops ONNX has, or choose another format") from exc
+    if onnx_program is None:
+        raise ExportError("torch.onnx.export returned no program", where=backend, fix="report this with the model")
+    proto = onnx_program.model_proto
+    # The exporter's optimizer can leave value_info shapes that ONNX shape inference rejects
+    # (seen with diffusers' DiT); ORT's quantizers run shape inference, so drop them.
+    del proto.graph.value_info[:]
+    return proto
+
+
+def _quantize(proto: Any, precision: str, batches: list[tuple[torch.Tensor, ...]], tmp: Path,
+              notes: list[str]) -> Any:
+    """Apply the precision's transform to the ModelProto and return the new one."""
+    import onnx
+
+    if precision == "fp32":
+        return proto
+    if precision == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        try:
+            out = convert_float_to_float16(proto, keep_io_types=True)
+        except Exception as exc:
+            raise ExportError(f"float16 conversion failed: {first_line(exc)}", where="onnx-fp16",
+                              fix="use onnx-fp32 or onnx-int8-weight") from exc
+        notes.append("float16 weights and compute; inputs and outputs stay float32")
+        return out
+    if precision == "int8-weight":
+        return _weight_only_int8(proto, notes)
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    src, dst = tmp / "float.onnx", tmp / "quantized.onnx"
+    onnx.save(proto, str(src))
+    try:
+        if precision == "int8-dynamic":
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                             op_types_to_quantize=["MatMul", "Gemm"])
+            notes.append("int8 per-channel weights on MatMul/Gemm, activations quantized at run time")
+        else:
+            reader = _CalibrationReader([i.name for i in proto.graph.input], batches)
+            keep_float = _shared_param_nodes_on_constants(proto)
+            quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=keep_float)
+            if keep_float:
+                notes.append(f"{len(keep_float)} node(s) left in float (layout ops on constants, "
+                             "InstanceNormalization)")
+            notes.append(f"QDQ int8: uint8 activations calibrated on {len(batches)} batch(es), "
+                         "int8 per-channel weights")
+    except Exception as exc:
+        raise ExportError(f"ONNX Runtime {precision} quantization failed: {first_line(exc)}",
+                          where=f"onnx-{precision}", fix="try onnx-int8-weight or onnx-fp32") from exc
+    return onnx.load(str(dst))
+
+
+# QDQ ops whose output reuses the input's quantization parameters; ORT 1.31 cannot do that when the
+# input is a constant ("Quantization parameter shared mode is not supported for weight yet").
+_SHARED_PARAM_OPS = frozenset({"AveragePool", "Flatten", "Gather", "GatherElements", "MaxPool", "Pad", "Reshape",
+                               "Resize", "Slice", "Split", "Squeeze", "TopK", "Transpose", "Unsqueeze"})
+
+
+def _shared_param_nodes_on_constants(proto: Any) -> list[str]:
+    """Names of shared-parameter nodes whose data input is a constant: they must stay float."""
+    constants = {t.name for t in proto.graph.initializer}
+    constants |= {o for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
+    names = [n.name for n in proto.graph.node
+             if n.op_type in _SHARED_PARAM_OPS and n.input and n.input[0] in constants and n.name]
+    # ORT 1.31's QDQ InstanceNormalization makes its (reshaped) input share parameters with a tensor it
+    # has turned into an initializer, and fails the same way (seen on the E2GAN generator): keep it float.
+    names += [n.name for n in proto.graph.node if n.op_type == "InstanceNormalization" and n.name]
+    return names
+
+
+class _CalibrationReader:
+    """Feeds calibration batches to ``quantize_static`` (an ORT ``CalibrationDataReader``)."""
+
+    def __init__(self, names: list[str], batches: list[tuple[torch.Tensor, ...]]) -> None:
+        self._feeds = [{n: t.detach().cpu().numpy() for n, t in zip(names, batch, strict=True)}
+                       for batch in batches]
+        self._it: Iterator[dict[str, np.ndarray]] = iter(self._feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = iter(self._feeds)
+
+    def __len__(self) -> int:
+        return len(self._feeds)
+
+
+def _weight_only_int8(proto: Any, notes: list[str]) -> Any:
+    """int8 weights, float activations: MatMulNBits for MatMul, DequantizeLinear for Gemm/Conv."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    before = sum(1 for n in proto.graph.node if n.op_type == "MatMul")
+    try:
+        quantizer = MatMulNBitsQuantizer(proto, bits=8, block_size=MATMUL_NBITS_BLOCK, is_symmetric=True)
+        quantizer.process()
+        proto = quantizer.model.model
+    except Exception as exc:
+        raise ExportError(f"MatMulNBits int8 weight quantization failed: {first_line(exc)}", where="onnx-int8-weight",
+                          fix="try onnx-int8-dynamic or onnx-fp32") from exc
+    nbits = sum(1 for n in proto.graph.node if n.op_type == "MatMulNBits")
+    dq = _dequantize_linear_weights(proto)
+    notes.append(f"int8 weights: {nbits} of {before} MatMul as MatMulNBits (block {MATMUL_NBITS_BLOCK}), "
+                 f"{dq} Gemm/Conv weights per-channel behind DequantizeLinear; activations float")
+    if nbits + dq == 0:
+        notes.append("no weight was large enough to quantize: the model is unchanged float32")
+        logger.warning("onnx-int8-weight quantized no weight (all below %d elements or not constant)",
+                       MIN_QUANTIZED_WEIGHT_ELEMENTS)
+    return proto
+
+
+def _dequantize_linear_weights(proto: Any) -> int:
+    """Store float Gemm/Conv weights as int8 (per output channel) + DequantizeLinear; return how many."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    users: dict[str, int] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            users[name] = users.get(name, 0) + 1
+    new_nodes, done = [], 0
+    for node in proto.graph.node:
+        if node.op_type not in ("Gemm", "Conv") or len(node.input) < 2:
+            continue
+        name = node.input[1]
+        tensor = inits.get(name)
+        if tensor is None or tensor.data_type != TensorProto.FLOAT or users.get(name, 0) != 1:
+            continue
+        w = numpy_helper.to_array(tensor).astype(np.float32)
+        if w.size < MIN_QUANTIZED_WEIGHT_ELEMENTS or w.ndim < 2:
+            continue
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        axis = 1 if node.op_type == "Gemm" and not trans_b else 0
+        reduce = tuple(i for i in range(w.ndim) if i != axis)
+        scale = np.maximum(np.abs(w).max(axis=reduce) / 127.0, 1e-12).astype(np.float32)
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+        proto.graph.initializer.remove(tensor)
+        proto.graph.initializer.extend([numpy_helper.from_array(q, f"{name}_int8"),
+                                        numpy_helper.from_array(scale, f"{name}_scale"),
+                                        numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), f"{name}_zp")])
+        new_nodes.append(helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_scale", f"{name}_zp"],
+                                          [f"{name}_dq"], name=f"{name}_DequantizeLinear", axis=axis))
+        node.input[1] = f"{name}_dq"
+        done += 1
+    for i, dq in enumerate(new_nodes):  # inputs are initializers: put them first, order stays topological
+        proto.graph.node.insert(i, dq)
+    return done
+
+
+def _save(onnx: Any, proto: Any, workdir: Path, external: bool) -> tuple[str, list[str]]:
+    """Write ``model.onnx`` (and ``model.onnx.data``); return their names relative to ``workdir``."""
+    filename, data = "model.onnx", "model.onnx.data"
+    big = proto.ByteSize() > _PROTOBUF_LIMIT
+    if big and not external:
+        logger.info("model is over 2 GB: weights go to %s", data)
+    try:
+        with atomic_path(workdir / filename) as tmp:
+            if external or big:
+                onnx.save(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                          location=data, size_threshold=1024)
+            else:
+                onnx.save(proto, str(tmp))
+    except Exception as exc:
+        raise ExportError(f"cannot write the ONNX model: {first_line(exc)}", where=str(workdir / filename),
+                          fix="check free disk space and permissions") from exc
+    return filename, ([data] if (workdir / data).exists() else [])
