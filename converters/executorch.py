@@ -254,6 +254,10 @@ def _pt2e_quantizer(delegate: str, *, dynamic: bool) -> Any:
         )
 
         config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic)
+        if dynamic:
+            # XNNPACK's dynamic int8 kernels are for fully connected layers; dynamically quantized
+            # convolutions fail at run time in ExecuTorch 1.5 (conv → GroupNorm blocks), so convs stay float.
+            return XNNPACKQuantizer().set_module_type(torch.nn.Linear, config)
         return XNNPACKQuantizer().set_global(config)
     ct = require("coremltools", extra="coreml", purpose="for the Core ML quantizer")
     from executorch.backends.apple.coreml.quantizer import CoreMLQuantizer

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import copy
 import datetime as _dt
+import importlib
 import inspect
 import logging
 import multiprocessing
@@ -29,7 +30,7 @@ from mobilekit._deps import toolchain_versions
 from mobilekit._io import copy_atomic, ensure_writable_dir
 from mobilekit.artifact import Artifact, Manifest, TensorSpec, sha256_of, size_of
 from mobilekit.cache import ExportCache, cache_key, inputs_fingerprint, model_fingerprint
-from mobilekit.errors import ConfigError, ExportError, MobilekitError, ParityError
+from mobilekit.errors import ConfigError, ExportError, MobilekitError, ParityError, RuntimeCrashError
 from mobilekit.parity import Parity, compare, tolerance_for
 from mobilekit.recipe import PRECISION_ALIASES, Recipe, recipe_for_target
 
@@ -165,7 +166,12 @@ def _verify(path: Path, recipe: Recipe, example_inputs: tuple[torch.Tensor, ...]
     if ptd:
         options["data_path"] = str(ptd[0])
     inputs = [t.detach().numpy() for t in example_inputs]
-    outputs = run_artifact(path, inputs, **options)
+    try:
+        outputs = run_artifact(path, inputs, **options)
+    except RuntimeCrashError as exc:
+        raise ExportError(f"the {recipe.name} artifact failed in its runtime during the parity check: {exc.message}",
+                          where=recipe.name, fix="choose another precision or format for this model, or pass "
+                          "--no-verify to keep the artifact unchecked") from exc
     from mobilekit.runtime.runners import runtime_name
 
     return compare(reference, outputs, tolerance=tol, runtime=runtime_name(path))
@@ -276,7 +282,8 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
     to_build = []
     for i, plan in enumerate(plans):
         plan.key = cache_key(model_fp, inputs_fp, plan.recipe.to_dict(), toolchain,
-                             {**options, "verify": verify, "tolerances": tolerances})
+                             {**options, "verify": verify, "tolerances": tolerances,
+                              "converter": _converter_fingerprint(plan.recipe.format)})
         hit = cache.lookup(plan.key) if use_cache else None
         if hit is not None and sha256_of(cache.entry(plan.key) / hit["filename"]) != hit["sha256"]:
             logger.warning("cache entry %s was modified; rebuilding", plan.key)
@@ -359,6 +366,21 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
     manifest.write(out)
     progress("done", total, total)
     return manifest
+
+
+def _converter_fingerprint(fmt: str) -> str:
+    """Hash of the converter's source files, so a changed converter never serves stale exports."""
+    import hashlib
+
+    from converters import REGISTRY
+
+    module = importlib.import_module(REGISTRY[fmt].split(":")[0])
+    h = hashlib.sha256()
+    for path in sorted({Path(module.__file__ or ""), *Path(module.__file__ or "").parent.glob("_*.py"),
+                        Path(__file__).parent / "parity.py"}):
+        if path.is_file():
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _place(src: Path, dest: Path) -> None:

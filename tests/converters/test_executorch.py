@@ -81,7 +81,7 @@ MODELS: dict[str, Any] = {
 # XNNPACK recipes that run on this host: every precision on the fast convnet, the DiT and GAN on the main ones.
 RUN_CASES = [("convnet", p) for p in ("fp32", "fp16", "int8-dynamic", "int8-static")] + \
             [("dit", p) for p in ("fp32", "int8-dynamic", "int8-static")] + \
-            [("gan", "fp32"), ("gan", "int8-static")]
+            [("gan", "fp32"), ("gan", "int8-dynamic"), ("gan", "int8-static")]
 
 
 @pytest.fixture(scope="module")
