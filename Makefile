@@ -8,12 +8,14 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test install browser clean bench
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first and pinned: a looser pin from another package would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[all,dev]'
+	# requirements.lock holds the versions known to work together (pip freeze of a good install):
+	# constraining to it keeps installs reproducible and spares pip's resolver long backtracking.
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[all,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
-from mobilekit.errors import UnsupportedOpError
+from mobilekit.errors import ConfigError, UnsupportedOpError
 from mobilekit.recipe import Recipe
 
 
@@ -81,6 +81,14 @@ def supports_from_table(fmt: str, precisions: dict[str | None, tuple[str, ...]],
     names = tuple(f"{fmt}{'-' + d if d else ''}-{p}" for d, ps in precisions.items() for p in ps)
     return Support(False, f"{fmt}{' with ' + recipe.delegate if recipe.delegate else ''} cannot build "
                           f"precision {recipe.precision}", names)
+
+
+def ensure_supported(converter: Converter, recipe: Recipe) -> None:
+    """Raise ConfigError naming the recipe and the alternatives when ``converter`` can't build it."""
+    support = converter.supports(recipe)
+    if not support:
+        raise ConfigError(support.reason, where=f"recipe {recipe.name}",
+                          fix=f"choose one of: {', '.join(support.supported)}")
 
 
 class StageTimer:

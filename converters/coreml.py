@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from converters.base import ConvertResult, StageTimer, Support, supports_from_table
+from converters.base import ConvertResult, StageTimer, Support, ensure_supported, supports_from_table
 from mobilekit._deps import require
 from mobilekit._io import atomic_path
 from mobilekit.errors import ConfigError, ExportError, UnsupportedOpError
@@ -143,10 +143,7 @@ class CoreMLConverter:
         Example:
             >>> res = CoreMLConverter().convert(model, (x,), Recipe.parse("coreml-fp16"), tmp)  # doctest: +SKIP
         """
-        support = self.supports(recipe)
-        if not support:
-            raise ConfigError(support.reason, where=f"recipe {recipe.name}",
-                              fix=f"choose one of: {', '.join(support.supported)}")
+        ensure_supported(self, recipe)
         ct = require("coremltools", extra="coreml", purpose="to export Core ML models")
         timer = StageTimer()
         notes: list[str] = []

@@ -38,7 +38,7 @@ from converters._torch_common import (
     map_backend_error,
     prepared_copy,
 )
-from converters.base import ConvertResult, StageTimer, Support, supports_from_table
+from converters.base import ConvertResult, StageTimer, Support, ensure_supported, supports_from_table
 from mobilekit._deps import require
 from mobilekit._io import atomic_path
 from mobilekit.errors import ConfigError, ExportError
@@ -110,9 +110,7 @@ class OnnxConverter:
         """
         if options:
             logger.debug("ignoring options for other converters: %s", sorted(options))
-        support = self.supports(recipe)
-        if not support.ok:
-            raise ConfigError(support.reason, where=recipe.name, fix=f"choose one of: {', '.join(support.supported)}")
+        ensure_supported(self, recipe)
         external = self.external_weights if external_weights is None else bool(external_weights)
         inputs = check_inputs(example_inputs)
         batches = check_calibration(calibration, inputs) if recipe.precision == "int8-static" else []

@@ -33,7 +33,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from converters.base import ConvertResult, StageTimer, Support, module_path_of_op, supports_from_table
+from converters.base import (ConvertResult, StageTimer, Support, ensure_supported, module_path_of_op,
+                             supports_from_table)
 from mobilekit._deps import require
 from mobilekit._io import write_bytes_atomic
 from mobilekit.errors import ConfigError, ExportError, UnsupportedOpError
@@ -109,10 +110,7 @@ class TFLiteConverter:
         Example:
             >>> res = TFLiteConverter().convert(model, (x,), Recipe.parse("tflite-int8-dynamic"), tmp)  # doctest: +SKIP
         """
-        support = self.supports(recipe)
-        if not support:
-            raise ConfigError(support.reason, where=f"recipe {recipe.name}",
-                              fix=f"choose one of: {', '.join(support.supported)}")
+        ensure_supported(self, recipe)
         litert_torch = require("litert_torch", extra="tflite", purpose="to export TFLite models")
         timer = StageTimer()
         notes: list[str] = []
