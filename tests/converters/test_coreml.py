@@ -18,23 +18,15 @@ from converters.coreml import CoreMLConverter, save_multifunction, validate_mlpa
 from mobilekit.artifact import size_of  # noqa: E402
 from mobilekit.errors import ConfigError, ExportError, UnsupportedOpError  # noqa: E402
 from mobilekit.recipe import Recipe  # noqa: E402
-from tests.fixtures.models import DiTWrapper, tiny_convnet, tiny_dit, tiny_dit_inputs  # noqa: E402
+from tests.fixtures.models import DiTWrapper, tiny_convnet, tiny_dit, tiny_dit_inputs, tiny_gan  # noqa: E402
 
 pytestmark = [pytest.mark.backend_coreml, pytest.mark.xdist_group("coreml")]
 DIT_INPUTS = [("latents", (1, 4, 8, 8)), ("timestep", (1,)), ("class_labels", (1,))]
 
 
-def _gan() -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
-    from mobilekit.train.e2gan.models import E2GANConfig, E2GANGenerator
-
-    torch.manual_seed(0)
-    gen = E2GANGenerator(E2GANConfig.tiny()).eval()
-    return gen, gen.example_inputs()
-
-
 @pytest.fixture(scope="module")
 def models() -> dict[str, tuple[torch.nn.Module, tuple[torch.Tensor, ...]]]:
-    return {"convnet": tiny_convnet(), "dit": (DiTWrapper(tiny_dit()).eval(), tiny_dit_inputs()), "gan": _gan()}
+    return {"convnet": tiny_convnet(), "dit": (DiTWrapper(tiny_dit()).eval(), tiny_dit_inputs()), "gan": tiny_gan()}
 
 
 @pytest.fixture(scope="module")

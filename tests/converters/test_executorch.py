@@ -18,7 +18,8 @@ from mobilekit.parity import compare, tolerance_for  # noqa: E402
 from mobilekit.recipe import Recipe  # noqa: E402
 from mobilekit.runtime import run_artifact  # noqa: E402
 from mobilekit.runtime.runners import pte_needs_backend  # noqa: E402
-from tests.fixtures.models import DiTWrapper, tiny_convnet, tiny_dit, tiny_dit_inputs  # noqa: E402
+from tests.fixtures.models import (DiTWrapper, reference_outputs, tiny_convnet, tiny_dit,  # noqa: E402
+                                   tiny_dit_inputs, tiny_gan)
 
 pytestmark = [pytest.mark.backend_executorch, pytest.mark.xdist_group("executorch")]
 
@@ -64,19 +65,11 @@ def _wide() -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     return WideNet().eval(), (torch.randn(1, 3, 8, 8),)
 
 
-def _gan() -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
-    from mobilekit.train.e2gan.models import E2GANConfig, E2GANGenerator
-
-    torch.manual_seed(0)
-    gen = E2GANGenerator(E2GANConfig.tiny()).eval()
-    return gen, gen.example_inputs()
-
-
 MODELS: dict[str, Any] = {
     "convnet": tiny_convnet,
     "wide": _wide,
     "dit": lambda: (DiTWrapper(tiny_dit()).eval(), tiny_dit_inputs()),
-    "gan": _gan,
+    "gan": tiny_gan,
 }
 # XNNPACK recipes that run on this host: every precision on the fast convnet, the DiT and GAN on the main ones.
 RUN_CASES = [("convnet", p) for p in ("fp32", "fp16", "int8-dynamic", "int8-static")] + \
@@ -106,11 +99,6 @@ def exports(models: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) ->
     return get
 
 
-def _reference(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
-    with torch.no_grad():
-        return [model(*inputs).numpy()]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "precision"), RUN_CASES, ids=[f"{n}-{p}" for n, p in RUN_CASES])
 def test_xnnpack_pte_runs_in_executorch_and_matches_pytorch(models: dict[str, Any], exports: Any, name: str,
@@ -124,10 +112,10 @@ def test_xnnpack_pte_runs_in_executorch_and_matches_pytorch(models: dict[str, An
     assert any("xnnpack partition" in n or "fully delegated" in n for n in res.notes), res.notes
     outputs = run_artifact(path, [t.numpy() for t in inputs])
     tol = tolerance_for(precision)  # fp32: cosine ≥ 0.9999 / 60 dB; fp16 0.999 / 40; int8-static 0.95 / 15
-    parity = compare(_reference(model, inputs), outputs, tolerance=tol, runtime="executorch")
+    parity = compare(reference_outputs(model, inputs), outputs, tolerance=tol, runtime="executorch")
     assert parity.status == "pass", parity.reason
     if precision == "fp32":
-        np.testing.assert_allclose(outputs[0], _reference(model, inputs)[0], atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(outputs[0], reference_outputs(model, inputs)[0], atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.slow
@@ -159,7 +147,7 @@ def test_int8_static_uses_the_calibration_batches(models: dict[str, Any], tmp_pa
     assert any("calibrated on 4 batch(es)" in n for n in res.notes), res.notes
     x = calibration[2]
     out = run_artifact(tmp_path / res.filename, [x[0].numpy()])
-    parity = compare(_reference(model, x), out, tolerance=tolerance_for("int8-static"), runtime="executorch")
+    parity = compare(reference_outputs(model, x), out, tolerance=tolerance_for("int8-static"), runtime="executorch")
     assert parity.status == "pass", parity.reason
 
 
@@ -181,7 +169,7 @@ def test_external_weights_go_to_ptd_and_run_with_data_path(models: dict[str, Any
     assert ptd.stat().st_size >= weight_bytes  # every fp32 weight lives in the .ptd
     assert pte.stat().st_size < (inline_work / inline.filename).stat().st_size - weight_bytes // 2
     outputs = run_artifact(pte, [t.numpy() for t in inputs], data_path=str(ptd))
-    np.testing.assert_allclose(outputs[0], _reference(model, inputs)[0], atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(outputs[0], reference_outputs(model, inputs)[0], atol=1e-4, rtol=1e-4)
     with pytest.raises(RuntimeCrashError):
         run_artifact(pte, [t.numpy() for t in inputs])  # the program alone has no weights
 
@@ -192,7 +180,7 @@ def test_external_weights_with_int8_dynamic(models: dict[str, Any], exports: Any
     work, res = exports("wide", "executorch-xnnpack-int8-dynamic", external=True)
     assert res.extra_files == ["model.ptd"]
     outputs = run_artifact(work / res.filename, [t.numpy() for t in inputs], data_path=str(work / "model.ptd"))
-    parity = compare(_reference(model, inputs), outputs, tolerance=tolerance_for("int8-dynamic"),
+    parity = compare(reference_outputs(model, inputs), outputs, tolerance=tolerance_for("int8-dynamic"),
                      runtime="executorch")
     assert parity.status == "pass", parity.reason
 

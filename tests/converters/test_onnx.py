@@ -18,7 +18,8 @@ from mobilekit.errors import ConfigError, UnsupportedOpError  # noqa: E402
 from mobilekit.parity import compare, tolerance_for  # noqa: E402
 from mobilekit.recipe import Recipe  # noqa: E402
 from mobilekit.runtime import run_artifact  # noqa: E402
-from tests.fixtures.models import DiTWrapper, tiny_convnet, tiny_dit, tiny_dit_inputs  # noqa: E402
+from tests.fixtures.models import (DiTWrapper, reference_outputs, tiny_convnet, tiny_dit,  # noqa: E402
+                                   tiny_dit_inputs, tiny_gan)
 
 pytestmark = [pytest.mark.backend_onnx, pytest.mark.xdist_group("onnx")]
 
@@ -67,19 +68,11 @@ def _wide() -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     return WideNet().eval(), (torch.randn(1, 3, 8, 8),)
 
 
-def _gan() -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
-    from mobilekit.train.e2gan.models import E2GANConfig, E2GANGenerator
-
-    torch.manual_seed(0)
-    gen = E2GANGenerator(E2GANConfig.tiny()).eval()
-    return gen, gen.example_inputs()
-
-
 MODELS: dict[str, Any] = {
     "convnet": tiny_convnet,
     "wide": _wide,
     "dit": lambda: (DiTWrapper(tiny_dit()).eval(), tiny_dit_inputs()),
-    "gan": _gan,
+    "gan": tiny_gan,
 }
 CASES = [(m, p) for m in ("convnet", "wide", "dit") for p in PRECISIONS] + [("gan", "fp32"), ("gan", "int8-static")]
 
@@ -105,11 +98,6 @@ def exports(models: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) ->
     return get
 
 
-def _reference(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
-    with torch.no_grad():
-        return [model(*inputs).numpy()]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "precision"), CASES, ids=[f"{n}-{p}" for n, p in CASES])
 def test_onnx_runs_in_onnxruntime_and_matches_pytorch(models: dict[str, Any], exports: Any, name: str,
@@ -120,10 +108,10 @@ def test_onnx_runs_in_onnxruntime_and_matches_pytorch(models: dict[str, Any], ex
     assert list(res.stages) == ["prepare", "lower", "quantize", "serialize"]
     outputs = run_artifact(path, [t.numpy() for t in inputs])
     tol = tolerance_for(precision)  # fp32: cosine ≥ 0.9999 / 60 dB; fp16 0.999 / 40; int8-static 0.95 / 15
-    parity = compare(_reference(model, inputs), outputs, tolerance=tol, runtime="onnxruntime")
+    parity = compare(reference_outputs(model, inputs), outputs, tolerance=tol, runtime="onnxruntime")
     assert parity.status == "pass", parity.reason
     if precision == "fp32":
-        np.testing.assert_allclose(outputs[0], _reference(model, inputs)[0], atol=1e-5, rtol=1e-4)
+        np.testing.assert_allclose(outputs[0], reference_outputs(model, inputs)[0], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.slow
@@ -165,7 +153,7 @@ def test_int8_static_uses_the_calibration_batches(models: dict[str, Any], tmp_pa
     assert any("calibrated on 4 batch(es)" in n for n in res.notes), res.notes
     x = calibration[1]
     out = run_artifact(tmp_path / res.filename, [x[0].numpy()])
-    parity = compare(_reference(model, x), out, tolerance=tolerance_for("int8-static"), runtime="onnxruntime")
+    parity = compare(reference_outputs(model, x), out, tolerance=tolerance_for("int8-static"), runtime="onnxruntime")
     assert parity.status == "pass", parity.reason
 
 
@@ -178,7 +166,7 @@ def test_external_weights_go_to_a_data_file(models: dict[str, Any], tmp_path: Pa
     assert (tmp_path / res.filename).stat().st_size < weight_bytes // 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]  # no temporaries left
     out = run_artifact(tmp_path / res.filename, [t.numpy() for t in inputs])
-    np.testing.assert_allclose(out[0], _reference(model, inputs)[0], atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(out[0], reference_outputs(model, inputs)[0], atol=1e-5, rtol=1e-4)
 
 
 def test_supports_every_precision_and_refuses_other_formats() -> None:

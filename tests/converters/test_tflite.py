@@ -18,23 +18,15 @@ from mobilekit.errors import ConfigError, UnsupportedOpError  # noqa: E402
 from mobilekit.parity import compare, tolerance_for  # noqa: E402
 from mobilekit.recipe import Recipe  # noqa: E402
 from mobilekit.runtime import run_artifact  # noqa: E402
-from tests.fixtures.models import DiTWrapper, tiny_convnet, tiny_dit, tiny_dit_inputs  # noqa: E402
+from tests.fixtures.models import DiTWrapper, tiny_convnet, tiny_dit, tiny_dit_inputs, tiny_gan  # noqa: E402
 
 pytestmark = [pytest.mark.backend_tflite, pytest.mark.xdist_group("tflite")]
-
-
-def _gan() -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
-    from mobilekit.train.e2gan.models import E2GANConfig, E2GANGenerator
-
-    torch.manual_seed(0)
-    gen = E2GANGenerator(E2GANConfig.tiny()).eval()
-    return gen, gen.example_inputs()
 
 
 MODELS: dict[str, Any] = {
     "convnet": tiny_convnet,
     "dit": lambda: (DiTWrapper(tiny_dit()).eval(), tiny_dit_inputs()),
-    "gan": _gan,
+    "gan": tiny_gan,
 }
 # (model, precision): every precision on the fast convnet, the DiT (int64 ids → int32) on all, the GAN on two.
 CASES = [("convnet", p) for p in ("fp32", "fp16", "int8-weight", "int8-dynamic", "int8-static")] + \
