@@ -42,6 +42,7 @@ _LAZY: dict[str, str] = {
     "BuildResult": "mobilekit.building:BuildResult",
     "load_build_config": "mobilekit.build_config:load_build_config",
     "export": "mobilekit.exporting:export",
+    "export_adapters": "mobilekit.adapters:export_adapters",
     "profile": "mobilekit.profiling.host:profile",
     "get_target": "mobilekit.targets:get_target",
     "list_targets": "mobilekit.targets:list_targets",
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
     from mobilekit.estimation.api import LatencyEstimate, estimate, estimate_all
     from mobilekit.build_config import load_build_config
     from mobilekit.building import BuildResult, build
+    from mobilekit.adapters import export_adapters
     from mobilekit.exporting import export
     from mobilekit.profiling.host import profile
     from mobilekit.profiling.report import LatencyReport

@@ -61,19 +61,41 @@ def _set_executorch_threads(threads: int) -> None:
 
 
 class LiteRTRunner:
-    """ai-edge-litert's Interpreter (the successor of tflite-runtime), XNNPACK by default."""
+    """ai-edge-litert's Interpreter (the successor of tflite-runtime), XNNPACK by default.
+
+    ``signature`` runs that signature of a multi-signature model (default: the default signature).
+    """
 
     runtime: ClassVar[str] = "ai-edge-litert"
 
-    def __init__(self, path: Path, *, threads: int | None = None) -> None:
+    def __init__(self, path: Path, *, threads: int | None = None, signature: str | None = None) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
         self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        self._signature: Any = None  # a signature runner when ``signature`` names one
+        if signature is not None:
+            known = list(self.interpreter.get_signature_list())
+            if signature not in known:
+                raise ConfigError(f"no signature {signature!r} in the model", where=str(path),
+                                  fix=f"known signatures: {', '.join(known) or 'none'}")
+            self._signature = self.interpreter.get_signature_runner(signature)
+            self._sig_inputs = list(self._signature.get_input_details())
+            self._sig_outputs = list(self._signature.get_output_details())
+            return
         self.interpreter.allocate_tensors()
         self._inputs = self.interpreter.get_input_details()
         self._outputs = self.interpreter.get_output_details()
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        if self._signature is not None:
+            details = self._signature.get_input_details()
+            if len(inputs) != len(self._sig_inputs):
+                raise ConfigError(f"signature takes {len(self._sig_inputs)} inputs, got {len(inputs)}",
+                                  where="inputs")
+            feed = {name: np.ascontiguousarray(x, dtype=details[name]["dtype"])
+                    for name, x in zip(self._sig_inputs, inputs, strict=True)}
+            outs = self._signature(**feed)
+            return [np.asarray(outs[name]).copy() for name in self._sig_outputs]
         if len(inputs) != len(self._inputs):
             raise ConfigError(f"the model takes {len(self._inputs)} inputs, got {len(inputs)}", where="inputs")
         for detail, x in zip(self._inputs, inputs, strict=True):
