@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import json
 import logging
 import re
 import shutil
@@ -147,7 +148,7 @@ def export_adapters(base: torch.nn.Module, adapters: Mapping[str, Path | str | A
         calibration: input batches for ``int8-static``.
         verify: run every variant with its real runtime and fail when out of tolerance.
         tolerances: per-precision parity overrides.
-        cache_dir: export cache for the fused exports (``separate`` builds are not cached).
+        cache_dir: export cache (fused exports and ``separate`` builds alike).
         workers: worker processes for the fused exports.
         model_name: name used in file names (default: the class name).
         input_names: input names (default: forward's parameter names).
@@ -205,7 +206,7 @@ def export_adapters(base: torch.nn.Module, adapters: Mapping[str, Path | str | A
             report.append(_fused_report(recipe, list(plan.targets), parts, out, reason))
         else:
             parts, rec = _export_separate(base, ads, example, recipe, list(plan.targets), out, name, verify,
-                                          tolerances, calibration)
+                                          tolerances, calibration, cache_dir)
             if measure_fused:
                 rec.update(_measure_fused(base, example, recipe, list(plan.targets), len(parts), common))
                 if rec["fused_total_bytes"]:
@@ -238,10 +239,61 @@ def _fallback_reason(recipe: Any) -> str | None:
     return None
 
 
+def _separate_key(base: torch.nn.Module, ads: Mapping[str, Adapter], example: tuple[torch.Tensor, ...],
+                  recipe: Any, name: str, verify: bool, tolerances: Any,
+                  calibration: Sequence[Sequence[torch.Tensor]] | None) -> str:
+    """Content address of one ``separate`` build: base and adapter weights, inputs, recipe, converters."""
+    import hashlib
+
+    from mobilekit.cache import cache_key, hash_tensors, inputs_fingerprint, model_fingerprint
+    from mobilekit.exporting import _converter_fingerprint
+
+    h = hashlib.sha256()
+    for ad_name in sorted(ads):
+        ad = ads[ad_name]
+        h.update(json.dumps({"name": ad_name, "config": ad.config.to_dict()}, sort_keys=True).encode())
+        hash_tensors(sorted(ad.weights.items()), h)
+    lowering = Path(__file__).resolve().parents[1] / "converters" / "adapters.py"
+    options = {"adapters": h.hexdigest(), "name": name, "verify": verify, "tolerances": tolerances,
+               "converter": _converter_fingerprint(recipe.format),
+               "lowering": hashlib.sha256(lowering.read_bytes()).hexdigest() if lowering.is_file() else "",
+               "policy": "separate"}
+    return cache_key(model_fingerprint(base, repr(base)), inputs_fingerprint(example, calibration), recipe.to_dict(),
+                     toolchain_versions(), options)
+
+
 def _export_separate(base: torch.nn.Module, ads: Mapping[str, Adapter], example: tuple[torch.Tensor, ...],
                      recipe: Any, targets: list[str], out: Path, name: str, verify: bool,
                      tolerances: Mapping[str, Mapping[str, float]] | None,
-                     calibration: Sequence[Sequence[torch.Tensor]] | None) -> tuple[list[Artifact], dict[str, Any]]:
+                     calibration: Sequence[Sequence[torch.Tensor]] | None,
+                     cache_dir: str | Path | None = None) -> tuple[list[Artifact], dict[str, Any]]:
+    """Like ``_build_separate``, served from the export cache when base, adapters and recipe are unchanged."""
+    from mobilekit._io import copy_atomic
+    from mobilekit.cache import ExportCache
+
+    cache = ExportCache(Path(cache_dir) if cache_dir else None)
+    key = _separate_key(base, ads, example, recipe, name, verify, tolerances, calibration)
+    hit = cache.lookup(key)
+    if hit is not None and all((cache.entry(key) / f).exists() for f in hit["files"]):
+        for f in hit["files"]:
+            copy_atomic(cache.entry(key) / f, out / f)
+        artifacts = [replace(Artifact.from_dict(d), targets=tuple(targets), cached=True) for d in hit["artifacts"]]
+        return artifacts, {**hit["record"], "targets": targets, "cached": True}
+    artifacts, record = _build_separate(base, ads, example, recipe, targets, out, name, verify, tolerances,
+                                        calibration)
+    files = sorted({f for a in artifacts for f in (a.path, *a.extra_files)})
+    work = cache.new_workdir()
+    for f in files:
+        copy_atomic(out / f, work / f)
+    cache.commit(work, key, {"filename": files[0], "files": files, "artifacts": [a.to_dict() for a in artifacts],
+                             "record": record})
+    return artifacts, record
+
+
+def _build_separate(base: torch.nn.Module, ads: Mapping[str, Adapter], example: tuple[torch.Tensor, ...],
+                    recipe: Any, targets: list[str], out: Path, name: str, verify: bool,
+                    tolerances: Mapping[str, Mapping[str, float]] | None,
+                    calibration: Sequence[Sequence[torch.Tensor]] | None) -> tuple[list[Artifact], dict[str, Any]]:
     """Lower all variants sharing the base, verify each, place the files; return artifacts and the report."""
     from converters import adapters as lowering
 

@@ -132,6 +132,12 @@ def test_tflite_separate_one_signature_per_adapter(setup, tmp_path):
 
     with pytest.raises(RuntimeCrashError, match="no signature 'nope'.*known signatures: .*sepia"):
         run_artifact(m.path_of(m.artifacts[0]), [t.numpy() for t in x], signature="nope")
+    # unchanged base, adapters and recipe: the whole separate build comes from the cache
+    again = export_adapters(base, dirs, x, targets=["pixel-8"], out_dir=tmp_path / "tfl2", formats=["tflite"],
+                            precision="fp32", policy="separate", cache_dir=root / "cache")
+    assert all(a.cached for a in again.artifacts)
+    assert [a.sha256 for a in again.artifacts] == [a.sha256 for a in m.artifacts]
+    _check_against_pytorch(again, base, dirs, x)
 
 
 @pytest.mark.slow
