@@ -23,7 +23,7 @@ from mobilekit._io import write_json_atomic, write_text_atomic
 from mobilekit.artifact import Artifact, Manifest
 from mobilekit.build_config import BuildConfig, Budgets, ModelEntry, load_build_config
 from mobilekit.cache import default_cache_dir
-from mobilekit.errors import BackendUnavailableError, BudgetError, RuntimeCrashError
+from mobilekit.errors import BackendUnavailableError, BudgetError, ConfigError, RuntimeCrashError
 from mobilekit.profiling.budget import BudgetCheck
 
 logger = logging.getLogger(__name__)
@@ -133,8 +133,12 @@ def _estimate(artifact: Artifact, target: str, loaded: Any, entry: ModelEntry,
     from mobilekit.estimation import estimate
 
     model = loaded()
-    est = estimate(model.model, model.example_inputs, target=target, format=artifact.format,
-                   precision=artifact.precision)
+    try:
+        est = estimate(model.model, model.example_inputs, target=target, format=artifact.format,
+                       precision=artifact.precision)
+    except ConfigError as exc:  # e.g. the profile lacks the peak this unit and precision need
+        logger.warning("no estimate of %s on %s: %s", artifact.path, target, exc)
+        return None
     data = est.to_dict()
     data["model"] = entry.name
     write_json_atomic(cached_path, data)

@@ -15,7 +15,7 @@ from typing import Any
 
 from mobilekit.errors import ConfigError, MobilekitWarning
 from mobilekit.estimation.bands import band_for
-from mobilekit.estimation.devices import PEAK_KEY, DeviceSpec, spec_for
+from mobilekit.estimation.devices import DeviceSpec, peak_key, spec_for
 from mobilekit.estimation.graph import PRECISION_BYTES, GraphCost, analyze
 from mobilekit.estimation.model import OpArrays, family_key, intensity, predict_ms
 
@@ -166,8 +166,8 @@ def _from_cost(cost: GraphCost, t: Any, tname: str, model_name: str, fmt: str | 
             raise ConfigError(f"target {tname} has no {unit} compute unit", where="compute_unit",
                               fix=f"use one of {', '.join(sorted(kinds))}")
         platform = t.platform
-        spec = spec_for(t, (f"{unit}.{PEAK_KEY[prec]}", "cpu.fp32"))
-    key = f"{unit}.{PEAK_KEY[prec]}"
+        spec = spec_for(t, (f"{unit}.{peak_key(prec, unit)}", "cpu.fp32"))
+    key = f"{unit}.{peak_key(prec, unit)}"
     peak = spec.peaks.get(key)
     if peak is None or spec.bandwidth_gbps is None:
         raise ConfigError(f"no peak throughput known for {key} on {tname}", where=f"profiles/{tname}.toml",

@@ -26,6 +26,19 @@ from mobilekit.errors import ConfigError
 PEAK_KEY = {"fp32": "fp32", "fp16": "fp16", "int8-weight": "fp32", "int8-dynamic": "int8",
             "int8-static": "int8", "w8a16": "fp16"}
 
+
+
+def peak_key(precision: str, unit: str) -> str:
+    """Key of ``ComputeUnit.peak_gops`` for a recipe precision on a unit.
+
+    Weight-only int8 dequantizes to the unit's float type: fp32 on a CPU, fp16 on a GPU or NPU
+    (the Apple Neural Engine has no fp32 arithmetic at all).
+    """
+    if precision == "int8-weight" and unit in ("gpu", "npu"):
+        return "fp16"
+    return PEAK_KEY[precision]
+
+
 # Widely quoted figures for numbers the profiles leave out (GOP/s or GB/s). Approximate.
 APPROX_SPECS: dict[str, dict[str, float]] = {
     # Qualcomm quotes NPU TOPS loosely; these are the commonly reported int8 figures.
