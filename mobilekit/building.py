@@ -15,7 +15,7 @@ import logging
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +109,9 @@ def _measure(artifact: Artifact, manifest: Manifest, entry: ModelEntry, config: 
     if hit is not None:
         return {**hit, "artifact": artifact.path, "cached": True}
     try:
-        report = profile(artifact=manifest.path_of(artifact), target=artifact.targets[0],
-                         max_seconds=config.max_seconds)
+        # the Artifact (not just its path) carries extra files such as a shared ExecuTorch .ptd
+        located = replace(artifact, path=str(manifest.path_of(artifact)))
+        report = profile(artifact=located, target=artifact.targets[0], max_seconds=config.max_seconds)
     except (BackendUnavailableError, RuntimeCrashError) as exc:
         logger.warning("could not measure %s: %s", artifact.path, exc)
         return None
