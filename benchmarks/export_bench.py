@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import sys
 import tempfile
@@ -28,6 +27,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _common import cpu_name as _cpu  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "export.json"
 MATRIX = {  # format -> precisions built for both models
@@ -37,16 +38,6 @@ MATRIX = {  # format -> precisions built for both models
     "coreml": ["fp32", "fp16", "int8-weight"],
 }
 TARGET = {"executorch": "pixel-8", "tflite": "pixel-8", "onnx": "pixel-8", "coreml": "iphone-15-pro"}
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main() -> int:

@@ -62,16 +62,33 @@ def check_calibration(calibration: Sequence[Any] | None, example_inputs: tuple[t
     return batches
 
 
-def prepared_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy of ``model`` in eval mode (the caller's model is never touched)."""
+def prepared_model(model: torch.nn.Module, *, mutates: bool = False) -> torch.nn.Module:
+    """``model`` ready to capture, in eval mode; the caller's model is never changed.
+
+    A copy is made only when needed: when the recipe changes the module in place (float16 casts,
+    torchao's in-place quantization) or when the model is in training mode. Capturing and lowering
+    do not touch the weights, so an eval-mode model is used as it is: a copy of a DiT-XL/2 costs
+    3 GB of memory for nothing.
+    """
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}", where="model")
+    if not mutates and not any(m.training for m in model.modules()):
+        return model
     try:
         clone = copy.deepcopy(model)
     except Exception as exc:  # a module holding an uncopyable handle
         raise ExportError(f"cannot copy the model: {type(exc).__name__}: {exc}", where=type(model).__name__,
                           fix="make the model deep-copyable (no open files or locks held as attributes)") from exc
     return clone.eval()
+
+
+def weight_bytes(model: torch.nn.Module, *, as_dtype: torch.dtype | None = None) -> int:
+    """Bytes of a model's parameters and buffers (counted at ``as_dtype`` for floating tensors when given)."""
+    total = 0
+    for t in [*model.parameters(), *model.buffers()]:
+        size = torch.empty((), dtype=as_dtype).element_size() if as_dtype and t.is_floating_point() else t.element_size()
+        total += t.numel() * size
+    return total
 
 
 class HalfPrecision(torch.nn.Module):
@@ -158,12 +175,21 @@ def forward_arg_names(model: torch.nn.Module) -> list[str]:
     """Positional parameter names of ``model.forward`` (empty if it takes ``*args``)."""
     import inspect
 
+    named = getattr(model, "mobilekit_input_names", None)  # wrappers taking *args keep the inner names
+    if named:
+        return list(named)
     try:
         params = inspect.signature(model.forward).parameters.values()
     except (TypeError, ValueError):
         return []
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     return [p.name for p in params if p.kind in kinds]
+
+
+def input_names_of(model: torch.nn.Module, n: int) -> list[str]:
+    """Names for ``n`` inputs: ``forward``'s positional parameters, then ``input_i`` for the rest."""
+    names = forward_arg_names(model)[:n]
+    return names + [f"input_{i}" for i in range(len(names), n)]
 
 
 def op_histogram(graph: Any, *, skip: Sequence[str] = ("getitem", "call_delegate")) -> Counter[str]:
@@ -179,3 +205,60 @@ def op_histogram(graph: Any, *, skip: Sequence[str] = ("getitem", "call_delegate
             continue
         counts[name.removesuffix(".default")] += 1
     return counts
+
+
+def static_reshapes(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """Rewrite ``view`` and ``squeeze(dim)`` nodes as ``reshape`` to the static shape, in place.
+
+    Two ONNX exporter failures on models people ship, both fixed by saying "reshape":
+
+    * ``x.squeeze(1)`` on a dimension that is not 1 is a no-op in PyTorch (PixArt's output head),
+      but the exporter's optimizer turns it into a ``Squeeze`` that ONNX Runtime refuses
+      ("Dimension of input 1 must be 1 instead of 16").
+    * ``reshape`` of a transposed tensor is captured as ``view`` (transformers' Swin attention); the
+      exporter's re-trace with other strides then fails ("Cannot view a tensor with shape ...").
+
+    ``reshape`` equals ``view`` wherever a view is valid, and ONNX has one ``Reshape`` for both.
+    Nodes keep their names, so the program's signature holds.
+    """
+    aten = torch.ops.aten
+    changed = False
+    for node in program.graph.nodes:
+        if node.op != "call_function":
+            continue
+        if node.target == aten.view.default:
+            node.target = aten.reshape.default
+            changed = True
+        elif node.target in (aten.squeeze.dim, aten.squeeze.dims):
+            val = node.args[0].meta.get("val") if isinstance(node.args[0], torch.fx.Node) else None
+            if val is None or any(not isinstance(d, int) for d in val.shape):
+                continue  # symbolic shapes: leave it to the exporter
+            rank = max(val.dim(), 1)
+            dims = node.args[1] if len(node.args) > 1 else ()
+            dims = {d % rank for d in ([dims] if isinstance(dims, int) else dims)}
+            node.target = aten.reshape.default
+            node.args = (node.args[0], [s for i, s in enumerate(val.shape) if not (i in dims and s == 1)])
+            changed = True
+    if changed:
+        program.graph_module.recompile()
+    return program
+
+
+def float64_as_float32(program: torch.export.ExportedProgram) -> bool:
+    """Compute in float32 where the graph asks for float64, in place; whether anything changed.
+
+    Phones' runtimes have no float64 kernels (TFLite: "failed to legalize operation 'tfl.pow'" on
+    ``tensor<f64>``). diffusers builds rotary embeddings in float64 on every device but MPS and
+    NPU (Flux's ``FluxPosEmbed``); float32 there changes outputs by ~1e-6.
+    """
+    changed = False
+    for node in program.graph.nodes:
+        if node.op == "call_function" and node.kwargs.get("dtype") is torch.float64:
+            node.kwargs = {**node.kwargs, "dtype": torch.float32}
+            changed = True
+        elif node.op == "call_function" and torch.float64 in node.args:
+            node.args = tuple(torch.float32 if a is torch.float64 else a for a in node.args)
+            changed = True
+    if changed:
+        program.graph_module.recompile()
+    return changed

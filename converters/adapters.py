@@ -119,7 +119,7 @@ def lower_executorch_separate(variants: Mapping[str, torch.nn.Module], example_i
         ...                                 Recipe.parse("executorch-xnnpack-fp32"), Path("work"))  # doctest: +SKIP
     """
     require("executorch.exir", extra="executorch", purpose="to export .pte files")
-    from converters._torch_common import HalfPrecision, capture, prepared_copy
+    from converters._torch_common import HalfPrecision, capture, prepared_model
     from converters.executorch import _delegation_notes, _lower, _quantize
     from executorch.exir import ExecutorchBackendConfig
     from executorch.exir.passes.external_constants_pass import delegate_external_constants_pass_unlifted
@@ -139,7 +139,7 @@ def lower_executorch_separate(variants: Mapping[str, torch.nn.Module], example_i
     for name in order:
         notes: list[str] = []
         with timer(f"lower:{name}"):
-            module = prepared_copy(variants[name])
+            module = prepared_model(variants[name], mutates=recipe.precision in ("fp16", "int8-weight"))
             if recipe.precision == "fp16":
                 module = HalfPrecision(module)
             module = _quantize(module, inputs, recipe, calibration, notes)
@@ -153,7 +153,7 @@ def lower_executorch_separate(variants: Mapping[str, torch.nn.Module], example_i
 
             delegate_external_constants_pass_unlifted(graph, gen_tag_fn=tag)
             program = capture(graph, inputs, backend=recipe.name)  # type: ignore[arg-type]
-            edge = _lower(program, "xnnpack", None, recipe.name)
+            edge = _lower(program, "xnnpack", None, recipe.name, dynamic=recipe.precision == "int8-dynamic")
             if name == base:
                 result.notes.extend(notes)
                 result.notes.extend(_delegation_notes(edge, "xnnpack"))

@@ -25,8 +25,6 @@ LoRA adapters over one base).
 
 from __future__ import annotations
 
-import copy
-import inspect
 import io
 import json
 import logging
@@ -42,6 +40,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from converters._torch_common import input_names_of, prepared_model
 from converters.base import ConvertResult, StageTimer, Support, ensure_supported, supports_from_table
 from mobilekit._deps import require
 from mobilekit._io import atomic_path
@@ -126,7 +125,7 @@ class CoreMLConverter:
         """Convert ``model`` to ``workdir/model.mlpackage``.
 
         Args:
-            model: the PyTorch model; not modified (a deep copy is converted, in eval mode).
+            model: the PyTorch model; not modified (converted in eval mode; copied only if in training mode).
             example_inputs: a tuple of tensors the model is called with (shapes are fixed from them).
             recipe: a ``coreml-*`` recipe; ``deployment_target`` defaults to iOS17, ``compute_units`` to ALL.
             workdir: an empty directory to write into.
@@ -149,8 +148,8 @@ class CoreMLConverter:
         notes: list[str] = []
         inputs = _check_inputs(example_inputs)
         with timer("prepare"):
-            model = copy.deepcopy(model).eval()
-            names = _input_names(model, len(inputs))
+            model = prepared_model(model)
+            names = input_names_of(model, len(inputs))
             program = _export(model, inputs)
             n_out = len(program.graph_signature.user_outputs)
             out_names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
@@ -239,18 +238,6 @@ def _check_inputs(example_inputs: tuple[Any, ...]) -> list[torch.Tensor]:
             raise ConfigError(f"example input {i} is a {type(t).__name__}, not a tensor", where=f"example_inputs[{i}]",
                               fix="pass tensors only (wrap the model so it takes positional tensors)")
     return list(example_inputs)
-
-
-def _input_names(model: torch.nn.Module, n: int) -> list[str]:
-    """Names of the forward arguments (``input_i`` for *args or unnamed ones)."""
-    try:
-        params = [p for p in inspect.signature(model.forward).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    except (TypeError, ValueError):
-        params = []
-    names = [p.name for p in params[:n]]
-    names += [f"input_{i}" for i in range(len(names), n)]
-    return names
 
 
 def _ct_dtype(t: torch.Tensor) -> Any:

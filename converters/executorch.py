@@ -47,7 +47,7 @@ from converters._torch_common import (
     io_names,
     map_backend_error,
     op_histogram,
-    prepared_copy,
+    prepared_model,
 )
 from converters.base import ConvertResult, StageTimer, Support, ensure_supported, supports_from_table
 from mobilekit._deps import require
@@ -153,7 +153,7 @@ class ExecuTorchConverter:
         notes: list[str] = []
 
         with timer("prepare"):
-            module = prepared_copy(model)
+            module = prepared_model(model, mutates=recipe.precision in ("fp16", "int8-weight"))
             if recipe.precision == "fp16" and delegate == "xnnpack":
                 module = HalfPrecision(module)
                 notes.append("runs in float16 inside XNNPACK; inputs and outputs stay float32")
@@ -163,7 +163,7 @@ class ExecuTorchConverter:
             program = capture(module, inputs, backend=backend)
             if external:
                 program = _tag_external_weights(program, inputs, backend)
-            edge = _lower(program, delegate, coreml_specs, backend)
+            edge = _lower(program, delegate, coreml_specs, backend, dynamic=recipe.precision == "int8-dynamic")
             notes.extend(_delegation_notes(edge, delegate))
         with timer("serialize"):
             filename, extra = _serialize(edge, workdir, external, backend, delegate)
@@ -278,19 +278,28 @@ def _tag_external_weights(program: torch.export.ExportedProgram, inputs: tuple[t
 
 
 def _lower(program: torch.export.ExportedProgram, delegate: str, coreml_specs: list[Any] | None,
-           backend: str) -> Any:
+           backend: str, *, dynamic: bool = False) -> Any:
     from executorch.exir import to_edge_transform_and_lower
 
     if delegate == "xnnpack":
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
-        partitioner: Any = XnnpackPartitioner()
+        partitioners: list[Any] = [XnnpackPartitioner()]
+        if dynamic:
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+                XnnpackDynamicallyQuantizedPartitioner,
+            )
+
+            # Dynamically quantized linears first, in partitions of their own: one greedy partition
+            # over mixed float and dynamic-int8 ops can form a dependency cycle (seen on PixArt's
+            # adaLN-single, "Invalid partition, found dependency cycles").
+            partitioners.insert(0, XnnpackDynamicallyQuantizedPartitioner())
     else:
         from executorch.backends.apple.coreml.partition import CoreMLPartitioner
 
-        partitioner = CoreMLPartitioner(compile_specs=coreml_specs)
+        partitioners = [CoreMLPartitioner(compile_specs=coreml_specs)]
     try:
-        return to_edge_transform_and_lower(program, partitioner=[partitioner])
+        return to_edge_transform_and_lower(program, partitioner=partitioners)
     except Exception as exc:
         raise map_backend_error(exc, backend=backend, program=program, stage="lowering", where=backend,
                                 fix="choose another precision or delegate") from exc

@@ -36,7 +36,8 @@ from converters._torch_common import (
     first_line,
     forward_arg_names,
     map_backend_error,
-    prepared_copy,
+    prepared_model,
+    static_reshapes,
 )
 from converters.base import ConvertResult, StageTimer, Support, ensure_supported, supports_from_table
 from mobilekit._deps import require
@@ -52,7 +53,9 @@ OPSET = 18
 # Weights with fewer elements than this stay float in int8-weight (biases, norms, tiny layers).
 MIN_QUANTIZED_WEIGHT_ELEMENTS = 256
 MATMUL_NBITS_BLOCK = 32
-_PROTOBUF_LIMIT = 2**31 - 2**20  # bytes; bigger models must keep their weights in a .data file
+# bytes; bigger models keep their weights in a .data file (protobuf cannot serialize a 2 GB message)
+_PROTOBUF_LIMIT = 2**31 - 2**26
+_DATA_FILE = "model.onnx.data"
 
 
 class OnnxConverter:
@@ -121,44 +124,93 @@ class OnnxConverter:
         notes: list[str] = []
 
         with timer("prepare"):
-            module = prepared_copy(model)
+            module = prepared_model(model)
         with timer("lower"):
-            program = capture(module, inputs, backend=recipe.name)
+            program = static_reshapes(capture(module, inputs, backend=recipe.name))
             names = forward_arg_names(model)
             in_names = names[:len(inputs)] if len(names) >= len(inputs) else [f"input_{i}" for i in
                                                                               range(len(inputs))]
-            proto = _to_onnx(program, in_names, recipe.name, self.opset)
+            onnx_program = _to_onnx(program, in_names, recipe.name, self.opset)
+        big = _weight_bytes(program) > _PROTOBUF_LIMIT
+        if big:
+            notes.append("weights over 2 GB (protobuf's limit): stored in the .data file beside the model")
+        if recipe.precision == "fp32" and big:
+            # Straight from the exporter's IR to disk: no in-memory protobuf, which can't exceed 2 GB.
+            with timer("serialize"):
+                filename, extra = _save_program(onnx_program, workdir)
+            graph = onnx_program.model.graph
+            return ConvertResult(filename=filename, extra_files=extra, stages=timer.stages,
+                                 input_names=[str(v.name) for v in graph.inputs],
+                                 output_names=[str(v.name) for v in graph.outputs], notes=notes)
+        proto = onnx_program.model_proto
+        del onnx_program
+        # The exporter's optimizer can leave value_info shapes that ONNX shape inference rejects
+        # (seen with diffusers' DiT); ORT's quantizers run shape inference, so drop them.
+        del proto.graph.value_info[:]
         with timer("quantize"):
             with tempfile.TemporaryDirectory(prefix=".mk-onnx-", dir=workdir) as tmp:
-                proto = _quantize(proto, recipe.precision, batches, Path(tmp), notes)
+                proto = _quantize(proto, recipe.precision, batches, Path(tmp), notes, big=big)
         with timer("serialize"):
-            filename, extra = _save(onnx, proto, workdir, external)
+            filename, extra = _save(onnx, proto, workdir, external or big)
         return ConvertResult(filename=filename, extra_files=extra, stages=timer.stages,
                              input_names=[i.name for i in proto.graph.input],
                              output_names=[o.name for o in proto.graph.output], notes=notes)
 
 
 def _to_onnx(program: torch.export.ExportedProgram, in_names: list[str], backend: str, opset: int) -> Any:
-    """Translate a captured program to an ONNX ModelProto (value_info dropped: it can be stale)."""
+    """Translate a captured program with the onnxscript-based exporter; returns its ``ONNXProgram``."""
     n_out = len(program.graph_signature.user_outputs)
     out_names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
+
+    def translate(prog: torch.export.ExportedProgram) -> Any:
+        return torch.onnx.export(prog, dynamo=True, input_names=in_names, output_names=out_names,
+                                 opset_version=opset, optimize=True, verbose=False)
+
     try:
-        onnx_program = torch.onnx.export(program, dynamo=True, input_names=in_names, output_names=out_names,
-                                         opset_version=opset, optimize=True, verbose=False)
+        onnx_program = translate(program)
     except Exception as exc:
-        raise map_backend_error(exc, backend=backend, program=program, stage="translation", where=backend,
-                                fix="rewrite that module with ops ONNX has, or choose another format") from exc
+        # The exporter re-traces with meta kernels whose strides can differ from the real ones
+        # (attention outputs): a captured view then fails ("Cannot view a tensor with shape ...",
+        # transformers' Swin). Decomposing here first and saying "reshape" for every view avoids it.
+        try:
+            onnx_program = translate(static_reshapes(program.run_decompositions()))
+        except Exception:
+            raise map_backend_error(exc, backend=backend, program=program, stage="translation", where=backend,
+                                    fix="rewrite that module with ops ONNX has, or choose another format") from exc
+        logger.debug("ONNX translation needed the decompose-first path: %s", first_line(exc))
     if onnx_program is None:
         raise ExportError("torch.onnx.export returned no program", where=backend, fix="report this with the model")
-    proto = onnx_program.model_proto
-    # The exporter's optimizer can leave value_info shapes that ONNX shape inference rejects
-    # (seen with diffusers' DiT); ORT's quantizers run shape inference, so drop them.
-    del proto.graph.value_info[:]
-    return proto
+    return onnx_program
+
+
+def _weight_bytes(program: torch.export.ExportedProgram) -> int:
+    """Bytes of the parameters, buffers and constants the ONNX model will carry as initializers."""
+    tensors = [*program.state_dict.values(), *program.constants.values()]
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def _save_program(onnx_program: Any, workdir: Path) -> tuple[str, list[str]]:
+    """Write an ``ONNXProgram`` with its weights in ``model.onnx.data`` (the work directory is private)."""
+    graph = onnx_program.model.graph
+    outputs = {id(v) for v in graph.outputs}
+    for node in graph.all_nodes():  # same reason as the value_info drop on the protobuf path
+        for value in node.outputs:
+            if id(value) not in outputs:
+                value.shape = None
+                value.type = None
+    try:
+        onnx_program.save(str(workdir / "model.onnx"), external_data=True)
+    except Exception as exc:
+        raise ExportError(f"cannot write the ONNX model: {first_line(exc)}", where=str(workdir / "model.onnx"),
+                          fix="check free disk space and permissions") from exc
+    data = [p.name for p in workdir.iterdir() if p.name != "model.onnx" and p.is_file()]
+    if data != [_DATA_FILE]:  # the exporter names the data file after the model file; keep one name
+        raise ExportError(f"the ONNX exporter wrote {data}, expected {_DATA_FILE}", where=str(workdir))
+    return "model.onnx", data
 
 
 def _quantize(proto: Any, precision: str, batches: list[tuple[torch.Tensor, ...]], tmp: Path,
-              notes: list[str]) -> Any:
+              notes: list[str], *, big: bool = False) -> Any:
     """Apply the precision's transform to the ModelProto and return the new one."""
     import onnx
 
@@ -179,18 +231,26 @@ def _quantize(proto: Any, precision: str, batches: list[tuple[torch.Tensor, ...]
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     src, dst = tmp / "float.onnx", tmp / "quantized.onnx"
-    onnx.save(proto, str(src))
+    if big:
+        onnx.save(proto, str(src), save_as_external_data=True, all_tensors_to_one_file=True, location="float.data")
+    else:
+        onnx.save(proto, str(src))
     try:
+        batched = _matmuls_on_batched_constants(proto)
+        if batched:
+            notes.append(f"{len(batched)} MatMul(s) on constant tensors of rank > 2 left in float "
+                         "(ONNX Runtime's per-channel int8 MatMul takes 2-D weights)")
         if precision == "int8-dynamic":
             quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                             op_types_to_quantize=["MatMul", "Gemm"])
+                             op_types_to_quantize=["MatMul", "Gemm"], use_external_data_format=big,
+                             nodes_to_exclude=batched)
             notes.append("int8 per-channel weights on MatMul/Gemm, activations quantized at run time")
         else:
             reader = _CalibrationReader([i.name for i in proto.graph.input], batches)
-            keep_float = _shared_param_nodes_on_constants(proto)
+            keep_float = _shared_param_nodes_on_constants(proto) + batched
             quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            nodes_to_exclude=keep_float)
+                            nodes_to_exclude=keep_float, use_external_data_format=big)
             if keep_float:
                 notes.append(f"{len(keep_float)} node(s) left in float (layout ops on constants, "
                              "InstanceNormalization)")
@@ -218,6 +278,19 @@ def _shared_param_nodes_on_constants(proto: Any) -> list[str]:
     # has turned into an initializer, and fails the same way (seen on the E2GAN generator): keep it float.
     names += [n.name for n in proto.graph.node if n.op_type == "InstanceNormalization" and n.name]
     return names
+
+
+def _matmuls_on_batched_constants(proto: Any) -> list[str]:
+    """MatMul nodes whose constant input has rank > 2 (seen: Swin's attention after decomposition).
+
+    ONNX Runtime 1.31 quantizes them per channel with a zero-point shape its int8 MatMul kernels
+    reject at run time ("MatmulInteger : b zero point is not valid"), so they stay float.
+    """
+    ranks = {t.name: len(t.dims) for t in proto.graph.initializer}
+    ranks |= {o: len(a.t.dims) for n in proto.graph.node if n.op_type == "Constant"
+              for a in n.attribute if a.name == "value" for o in n.output}
+    return [n.name for n in proto.graph.node
+            if n.op_type == "MatMul" and n.name and any(ranks.get(i, 0) > 2 for i in n.input)]
 
 
 class _CalibrationReader:
@@ -303,18 +376,36 @@ def _dequantize_linear_weights(proto: Any) -> int:
 
 def _save(onnx: Any, proto: Any, workdir: Path, external: bool) -> tuple[str, list[str]]:
     """Write ``model.onnx`` (and ``model.onnx.data``); return their names relative to ``workdir``."""
-    filename, data = "model.onnx", "model.onnx.data"
-    big = proto.ByteSize() > _PROTOBUF_LIMIT
-    if big and not external:
-        logger.info("model is over 2 GB: weights go to %s", data)
+    filename = "model.onnx"
     try:
         with atomic_path(workdir / filename) as tmp:
-            if external or big:
+            if external:
                 onnx.save(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                          location=data, size_threshold=1024)
+                          location=_DATA_FILE, size_threshold=1024)
             else:
                 onnx.save(proto, str(tmp))
     except Exception as exc:
         raise ExportError(f"cannot write the ONNX model: {first_line(exc)}", where=str(workdir / filename),
                           fix="check free disk space and permissions") from exc
-    return filename, ([data] if (workdir / data).exists() else [])
+    return filename, ([_DATA_FILE] if (workdir / _DATA_FILE).exists() else [])
+
+
+def relink_external_data(src: Path, dest: Path, location: str) -> None:
+    """Write a copy of ``src`` (an .onnx with external weights) whose tensors point at ``location``.
+
+    Only the graph is rewritten (kilobytes); the weight file itself is placed by the caller.
+    """
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    proto = onnx.load(str(src), load_external_data=False)
+    for tensor in proto.graph.initializer:
+        if uses_external_data(tensor):
+            info = ExternalDataInfo(tensor)
+            del tensor.external_data[:]
+            for key, value in (("location", location), ("offset", info.offset), ("length", info.length)):
+                if value is not None:
+                    entry = tensor.external_data.add()
+                    entry.key, entry.value = key, str(value)
+    with atomic_path(dest) as tmp:
+        onnx.save(proto, str(tmp))

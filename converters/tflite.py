@@ -18,8 +18,6 @@ Precisions (ai-edge-quantizer recipes on the float flatbuffer):
 
 from __future__ import annotations
 
-import copy
-import inspect
 import io
 import logging
 import os
@@ -33,6 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from converters._torch_common import capture, float64_as_float32, input_names_of, prepared_model, weight_bytes
 from converters.base import (ConvertResult, StageTimer, Support, ensure_supported, module_path_of_op,
                              supports_from_table)
 from mobilekit._deps import require
@@ -66,6 +65,10 @@ class Int32Inputs(torch.nn.Module):
         return self.model(*(a.long() if i in self.long_inputs else a for i, a in enumerate(args)))
 
 
+# A flatbuffer's offsets are 32-bit signed: 2 GB in all, less the graph itself.
+FLATBUFFER_LIMIT = 2**31 - 2**26
+
+
 class TFLiteConverter:
     """Exports a model to a LiteRT (TFLite) flatbuffer.
 
@@ -88,12 +91,25 @@ class TFLiteConverter:
                            tuple(f"tflite-{p}" for p in PRECISIONS[None]))
         return supports_from_table("tflite", PRECISIONS, recipe)
 
+    def check_model(self, model: torch.nn.Module, recipe: Recipe) -> Support:
+        """Whether the model fits a TFLite flatbuffer, answered from its weight bytes before any work.
+
+        A flatbuffer addresses at most 2 GB, and litert-torch always writes the float32 model first
+        (quantization rewrites that flatbuffer), so the float32 weight bytes decide for every precision.
+        """
+        weights = weight_bytes(model, as_dtype=torch.float32)
+        if weights <= FLATBUFFER_LIMIT:
+            return Support(True)
+        return Support(False, f"TFLite flatbuffers hold at most 2 GB and litert-torch writes the float32 model "
+                              f"first; this model's float32 weights are {weights / 2**30:.2f} GB",
+                       ("onnx-fp32 (external weights)", "executorch-xnnpack-fp32", "coreml-fp16"))
+
     def convert(self, model: torch.nn.Module, example_inputs: tuple[Any, ...], recipe: Recipe, workdir: Path, *,
                 calibration: Sequence[tuple[Any, ...]] | None = None) -> ConvertResult:
         """Convert ``model`` to ``workdir/model.tflite``.
 
         Args:
-            model: the PyTorch model; not modified (a deep copy is converted, in eval mode).
+            model: the PyTorch model; not modified (converted in eval mode; copied only if in training mode).
             example_inputs: a tuple of tensors (float, or integer ids which become int32 inputs).
             recipe: a ``tflite-*`` recipe.
             workdir: an empty directory to write into.
@@ -111,15 +127,22 @@ class TFLiteConverter:
             >>> res = TFLiteConverter().convert(model, (x,), Recipe.parse("tflite-int8-dynamic"), tmp)  # doctest: +SKIP
         """
         ensure_supported(self, recipe)
+        fits = self.check_model(model, recipe)
+        if not fits:
+            raise ConfigError(fits.reason, where=recipe.name, fix=f"use {' or '.join(fits.supported)}")
         litert_torch = require("litert_torch", extra="tflite", purpose="to export TFLite models")
         timer = StageTimer()
         notes: list[str] = []
         with timer("prepare"):
             inputs = _as_int32(example_inputs, "example_inputs")
             long_pos = [i for i, t in enumerate(example_inputs) if _is_long(t)]
-            original = copy.deepcopy(model).eval()
+            original = prepared_model(model)
             wrapped = Int32Inputs(original, long_pos).eval() if long_pos else original
-            names = _input_names(original, len(inputs))
+            program = capture(wrapped, tuple(inputs), backend=recipe.name)
+            if float64_as_float32(program):
+                notes.append("float64 ops computed in float32 (no float64 kernels on phones)")
+                wrapped = program.module()
+            names = input_names_of(original, len(inputs))
         with timer("lower"):
             try:
                 with _quiet():
@@ -168,15 +191,6 @@ def _as_int32(batch: Sequence[Any], where: str) -> list[torch.Tensor]:
             t = t.to(torch.int32)
         out.append(t)
     return out
-
-
-def _input_names(model: torch.nn.Module, n: int) -> list[str]:
-    try:
-        params = [p.name for p in inspect.signature(model.forward).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    except (TypeError, ValueError):
-        params = []
-    return (params + [f"input_{i}" for i in range(len(params), n)])[:n]
 
 
 def _map_error(exc: BaseException, model: torch.nn.Module, inputs: tuple[Any, ...]) -> Exception:

@@ -42,6 +42,10 @@ _LAZY: dict[str, str] = {
     "BuildResult": "mobilekit.building:BuildResult",
     "load_build_config": "mobilekit.build_config:load_build_config",
     "export": "mobilekit.exporting:export",
+    "ExportPlan": "mobilekit.plan:ExportPlan",
+    "plan_exports": "mobilekit.plan:plan_exports",
+    "ZOO": "mobilekit.zoo:ZOO",
+    "build_zoo_model": "mobilekit.zoo:build_zoo_model",
     "export_adapters": "mobilekit.adapters:export_adapters",
     "profile": "mobilekit.profiling.host:profile",
     "get_target": "mobilekit.targets:get_target",
@@ -61,6 +65,8 @@ if TYPE_CHECKING:
     from mobilekit.building import BuildResult, build
     from mobilekit.adapters import export_adapters
     from mobilekit.exporting import export
+    from mobilekit.plan import ExportPlan, plan_exports
+    from mobilekit.zoo import ZOO, build_zoo_model
     from mobilekit.profiling.host import profile
     from mobilekit.profiling.report import LatencyReport
     from mobilekit.parity import Parity

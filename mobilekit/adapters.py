@@ -169,7 +169,8 @@ def export_adapters(base: torch.nn.Module, adapters: Mapping[str, Path | str | A
         >>> m = export_adapters(gen, {"sepia": "runs/sepia/adapter"}, gen.example_inputs(),
         ...                     targets=["pixel-8"], out_dir="out", formats=["tflite"])  # doctest: +SKIP
     """
-    from mobilekit.exporting import export, plan_recipes
+    from mobilekit.exporting import export
+    from mobilekit.plan import plan_exports
 
     if policy not in ("fuse", "separate"):
         raise ConfigError(f"unknown adapter policy {policy!r}", where="policy", fix="use 'fuse' or 'separate'")
@@ -180,7 +181,7 @@ def export_adapters(base: torch.nn.Module, adapters: Mapping[str, Path | str | A
     name = model_name or type(base).__name__
     ads = load_adapters(adapters, base)
     progress = on_progress or (lambda stage, done, total: None)
-    plans = plan_recipes(targets, formats=formats, precision=precision, adapter_policy=policy)
+    plans = plan_exports(targets, formats=formats, precision=precision, adapter_policy=policy).builds
     common = {"calibration": calibration, "verify": verify, "tolerances": tolerances, "cache_dir": cache_dir,
               "workers": workers, "input_names": input_names}
     artifacts: list[Artifact] = []

@@ -162,6 +162,7 @@ class Manifest:
     artifacts: tuple[Artifact, ...]
     toolchain: dict[str, str | None] = field(default_factory=dict)
     created: str = ""
+    plan: dict[str, Any] | None = None  # ExportPlan.to_dict(): which target got which recipe, what was skipped
     schema_version: int = MANIFEST_SCHEMA_VERSION
     root: Path | None = field(default=None, compare=False)
 
@@ -175,8 +176,11 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON."""
-        return {"schema_version": self.schema_version, "model": self.model, "created": self.created,
-                "toolchain": self.toolchain, "artifacts": [a.to_dict() for a in self.artifacts]}
+        out = {"schema_version": self.schema_version, "model": self.model, "created": self.created,
+               "toolchain": self.toolchain, "artifacts": [a.to_dict() for a in self.artifacts]}
+        if self.plan is not None:
+            out["plan"] = self.plan
+        return out
 
     def write(self, directory: Path) -> Path:
         """Write ``manifest.json`` into ``directory`` atomically and return its path."""
@@ -197,6 +201,7 @@ class Manifest:
             raise ConfigError(f"manifest schema_version {version!r} is not {MANIFEST_SCHEMA_VERSION}",
                               where=str(path), fix="re-export with this mobilekit version")
         return cls(model=data["model"], created=data.get("created", ""), toolchain=data.get("toolchain", {}),
+                   plan=data.get("plan"),
                    artifacts=tuple(Artifact.from_dict(a) for a in data["artifacts"]), root=path.parent)
 
     @classmethod

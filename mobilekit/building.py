@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mobilekit._io import write_json_atomic, write_text_atomic
 from mobilekit.artifact import Artifact, Manifest
@@ -25,6 +25,9 @@ from mobilekit.build_config import BuildConfig, Budgets, ModelEntry, load_build_
 from mobilekit.cache import default_cache_dir
 from mobilekit.errors import BackendUnavailableError, BudgetError, ConfigError, RuntimeCrashError
 from mobilekit.profiling.budget import BudgetCheck
+
+if TYPE_CHECKING:
+    from mobilekit.plan import ExportPlan
 
 logger = logging.getLogger(__name__)
 
@@ -178,12 +181,17 @@ def _check(entry: ModelEntry, artifact: Artifact, budgets: Budgets, reports: lis
     return checks
 
 
-def build(config: BuildConfig | str | Path, *, on_progress: ProgressFn | None = None) -> BuildResult:
+def build(config: BuildConfig | str | Path, *, on_progress: ProgressFn | None = None,
+          on_plan: Callable[[str, ExportPlan], None] | None = None) -> BuildResult:
     """Run a build: export every model for its targets and precisions, measure, estimate, check budgets.
+
+    Every model's export plan is made before any work, so a format or precision no target can get
+    is refused up front; ``on_plan(model, plan)`` sees each plan (the CLI prints it).
 
     Args:
         config: a BuildConfig, or the path of ``mobilekit.toml`` / ``pyproject.toml`` (or their folder).
         on_progress: ``on_progress(stage, done, total)`` callback.
+        on_plan: ``on_plan(model_name, ExportPlan)`` callback, called for every model before any export.
 
     Returns:
         The BuildResult; ``build.json``, ``report.md`` and ``report.html`` are written to the output directory,
@@ -198,12 +206,19 @@ def build(config: BuildConfig | str | Path, *, on_progress: ProgressFn | None = 
         >>> result.ok  # doctest: +SKIP
     """
     from mobilekit.exporting import export
+    from mobilekit.plan import plan_exports
     from mobilekit.spec import load_spec
 
     start = time.perf_counter()
     if not isinstance(config, BuildConfig):
         config = load_build_config(config)
     progress = on_progress or (lambda stage, done, total: None)
+    for entry in config.models:
+        plan = plan_exports(list(entry.targets), formats=list(entry.formats) or None,
+                            precision=list(entry.precisions) or None,
+                            adapter_policy=entry.adapter_policy)
+        if on_plan:
+            on_plan(entry.name, plan)
     cache_root = config.cache_dir or default_cache_dir()
     manifests: dict[str, Manifest] = {}
     reports: list[dict[str, Any]] = []

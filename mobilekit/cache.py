@@ -32,9 +32,10 @@ def hash_tensors(tensors: Iterable[tuple[str, torch.Tensor]], h: Any = None) -> 
     """Feed named tensors (name, dtype, shape, bytes) into a sha256 object and return it."""
     h = h or hashlib.sha256()
     for name, t in tensors:
-        t = t.detach().contiguous().cpu()
+        t = t.detach().cpu()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # reshape(-1) first: a 0-dim tensor (BatchNorm's num_batches_tracked) cannot be viewed as bytes.
+        h.update(t.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h
 
 

@@ -9,10 +9,8 @@ Stages, in order, each producing the next stage's input:
 from __future__ import annotations
 
 import concurrent.futures as cf
-import copy
 import datetime as _dt
 import importlib
-import inspect
 import logging
 import multiprocessing
 import os
@@ -32,7 +30,8 @@ from mobilekit.artifact import Artifact, Manifest, TensorSpec, sha256_of, size_o
 from mobilekit.cache import ExportCache, cache_key, inputs_fingerprint, model_fingerprint
 from mobilekit.errors import ConfigError, ExportError, MobilekitError, ParityError, RuntimeCrashError
 from mobilekit.parity import Parity, compare, tolerance_for
-from mobilekit.recipe import PRECISION_ALIASES, Recipe, recipe_for_target
+from mobilekit.plan import plan_exports
+from mobilekit.recipe import Recipe
 
 logger = logging.getLogger(__name__)
 
@@ -52,68 +51,36 @@ def _flatten_outputs(out: Any) -> list[torch.Tensor]:
                       fix="wrap the model so forward returns a tensor or a tuple of tensors")
 
 
-def _input_names(model: torch.nn.Module, n: int, given: Sequence[str] | None) -> list[str]:
-    if given:
-        return list(given)
-    try:
-        params = [p.name for p in inspect.signature(model.forward).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    except (TypeError, ValueError):
-        params = []
-    return params[:n] if len(params) >= n else [f"input_{i}" for i in range(n)]
+def _plain_outputs(out: Any) -> bool:
+    """Whether ``out`` is a tensor or a flat tuple/list of tensors (what every exporter takes)."""
+    return isinstance(out, torch.Tensor) or (isinstance(out, (tuple, list)) and bool(out)
+                                             and all(isinstance(t, torch.Tensor) for t in out))
 
+
+class TensorOutputs(torch.nn.Module):
+    """Returns a model's outputs as a flat tuple of tensors (a single tensor when there is one).
+
+    ``mobilekit_input_names`` keeps the wrapped model's input names for the artifact, since this
+    ``forward`` takes ``*args``.
+    """
+
+    def __init__(self, model: torch.nn.Module, input_names: Sequence[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.mobilekit_input_names = list(input_names)
+
+    def forward(self, *args: torch.Tensor) -> Any:
+        flat = _flatten_outputs(self.model(*args))
+        return flat[0] if len(flat) == 1 else tuple(flat)
+
+
+def _input_names(model: torch.nn.Module, n: int, given: Sequence[str] | None) -> list[str]:
+    from converters._torch_common import input_names_of
+
+    return list(given) if given else input_names_of(model, n)
 
 def _dtype_name(dtype: Any) -> str:
     return str(dtype).replace("torch.", "")
-
-
-class _Plan:
-    """One recipe to build, the targets it serves, and its cache key."""
-
-    def __init__(self, recipe: Recipe, targets: list[str]) -> None:
-        self.recipe = recipe
-        self.targets = targets
-        self.key = ""
-
-
-def _resolve_recipe(target: Any, fmt: str | None, precision: str | None, adapter_policy: str) -> Recipe:
-    """The target's recipe for a format and precision; a generic ``int8`` takes the first variant the backend builds."""
-    from converters import get_converter
-
-    if precision not in PRECISION_ALIASES:
-        return recipe_for_target(target, format=fmt, precision=precision, adapter_policy=adapter_policy)
-    candidates = [recipe_for_target(target, format=fmt, precision=p, adapter_policy=adapter_policy)
-                  for p in PRECISION_ALIASES[precision]]
-    return next((r for r in candidates if get_converter(r.format).supports(r)), candidates[0])
-
-
-def plan_recipes(targets: Sequence[str], *, formats: Sequence[str] | None,
-                 precision: str | Sequence[str] | None, adapter_policy: str = "fuse") -> list[_Plan]:
-    """Resolve targets and formats into recipes; a recipe several targets need is built once.
-
-    Raises:
-        ConfigError: an unknown target, or a combination no backend can build (with what can).
-    """
-    from converters import get_converter
-    from mobilekit.targets import get_target
-
-    if not targets:
-        raise ConfigError("no target given", where="targets", fix="name at least one, e.g. --target pixel-8")
-    precisions = [precision] if precision is None or isinstance(precision, str) else list(precision)
-    plans: dict[Recipe, _Plan] = {}
-    for name in targets:
-        target = get_target(name)
-        for fmt in formats or [None]:
-            for prec in precisions:
-                recipe = _resolve_recipe(target, fmt, prec, adapter_policy)
-                support = get_converter(recipe.format).supports(recipe)
-                if not support:
-                    raise ConfigError(f"{support.reason}", where=f"{target.name}/{recipe.name}",
-                                      fix=f"choose one of: {', '.join(support.supported)}")
-                plan = plans.setdefault(recipe, _Plan(recipe, []))
-                if target.name not in plan.targets:
-                    plan.targets.append(target.name)
-    return list(plans.values())
 
 
 def _convert(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], recipe: Recipe, workdir: Path,
@@ -245,16 +212,23 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
     example = tuple(example_inputs)
     if not example or not all(isinstance(t, torch.Tensor) for t in example):
         raise ConfigError("example_inputs must be a non-empty sequence of tensors", where="example_inputs")
-    plans = plan_recipes(targets, formats=formats, precision=precision, adapter_policy=adapter_policy)
+    export_plan = plan_exports(targets, formats=formats, precision=precision, adapter_policy=adapter_policy)
+    plans = export_plan.builds
+    for line in export_plan.describe():
+        logger.info("plan: %s", line)
     name = model_name or type(model).__name__
     progress = on_progress or (lambda stage, done, total: None)
     total = len(plans)
     progress("trace", 0, total)
 
-    model = copy.deepcopy(model).eval()
+    from converters._torch_common import prepared_model
+
+    model = prepared_model(model)  # no copy of an eval-mode model: real sizes can't afford two
+    _check_fits(model, plans)
     try:
         with torch.no_grad():
-            reference_t = _flatten_outputs(model(*example))
+            raw_out = model(*example)
+        reference_t = _flatten_outputs(raw_out)
     except MobilekitError:
         raise
     except Exception as exc:
@@ -263,6 +237,10 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
                           f"{(str(exc).splitlines() or [''])[0]}", where="example_inputs",
                           fix="pass inputs of the shapes and dtypes forward expects (--input)") from exc
     reference = [t.detach().float().numpy() for t in reference_t]
+    names = _input_names(model, len(example), input_names)
+    if not _plain_outputs(raw_out):
+        # Hugging Face ModelOutput, dicts, nested tuples: exporters want a flat tuple of tensors.
+        model = TensorOutputs(model, names)
     try:
         graph_code = torch.export.export(model, example, strict=False).graph_module.code
     except Exception as exc:
@@ -276,7 +254,6 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
     inputs_fp = inputs_fingerprint(example, cal)
     options = dict(converter_options or {})
     cache = ExportCache(Path(cache_dir) if cache_dir else None)
-    names = _input_names(model, len(example), input_names)
 
     records: dict[int, tuple[dict[str, Any], Path, bool]] = {}
     to_build = []
@@ -342,16 +319,27 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
         suffix = plan.recipe.suffix
         dest_name = f"{name}-{plan.recipe.name}" + (f"-{plan.recipe.deployment_target.lower()}"
                                                     if plan.recipe.deployment_target else "") + suffix
-        _place(entry / record["filename"], out / dest_name)
+        sha256 = record["sha256"]
         extras = []
-        for extra in record["extra_files"]:
-            extra_dest = f"{name}-{plan.recipe.name}-{Path(extra).name}"
-            _place(entry / extra, out / extra_dest)
+        if plan.recipe.format == "onnx" and record["extra_files"]:
+            # An .onnx names its weight file inside: the placed copy must name the placed data file.
+            from converters.onnx import relink_external_data
+
+            extra_dest = f"{dest_name}.data"
+            _place(entry / record["extra_files"][0], out / extra_dest)
+            relink_external_data(entry / record["filename"], out / dest_name, extra_dest)
+            sha256 = sha256_of(out / dest_name)
             extras.append(extra_dest)
+        else:
+            _place(entry / record["filename"], out / dest_name)
+            for extra in record["extra_files"]:
+                extra_dest = f"{name}-{plan.recipe.name}-{Path(extra).name}"
+                _place(entry / extra, out / extra_dest)
+                extras.append(extra_dest)
         in_dtypes = record.get("input_dtypes") or [_dtype_name(t.dtype) for t in example]
         out_names = record["output_names"] or [f"output_{k}" for k in range(len(reference))]
         artifacts.append(Artifact(
-            path=dest_name, targets=tuple(plan.targets), recipe=plan.recipe, sha256=record["sha256"],
+            path=dest_name, targets=tuple(plan.targets), recipe=plan.recipe, sha256=sha256,
             size_bytes=record["size_bytes"],
             inputs=tuple(TensorSpec(name=(record["input_names"] or names)[k] if k < len(record["input_names"] or names)
                                     else f"input_{k}", shape=tuple(t.shape), dtype=in_dtypes[k])
@@ -361,11 +349,23 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
             parity=Parity(**record["parity"]), export_seconds=round(record["export_seconds"], 3),
             stages={k: round(v, 4) for k, v in record["stages"].items()}, toolchain=toolchain, cache_key=plan.key,
             cached=cached, extra_files=tuple(extras), notes=tuple(record["notes"])))
-    manifest = Manifest(model=name, artifacts=tuple(artifacts), toolchain=toolchain,
+    manifest = Manifest(model=name, artifacts=tuple(artifacts), toolchain=toolchain, plan=export_plan.to_dict(),
                         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), root=out)
     manifest.write(out)
     progress("done", total, total)
     return manifest
+
+
+def _check_fits(model: torch.nn.Module, plans: Sequence[Any]) -> None:
+    """Refuse, before any work, a recipe whose format can't hold this model (TFLite's 2 GB flatbuffer)."""
+    from converters import get_converter
+
+    for plan in plans:
+        check = getattr(get_converter(plan.recipe.format), "check_model", None)
+        fits = check(model, plan.recipe) if check else True
+        if not fits:
+            raise ConfigError(fits.reason, where=f"{'/'.join(plan.targets)}/{plan.recipe.name}",
+                              fix=f"drop {plan.recipe.format} for this model, or use {' or '.join(fits.supported)}")
 
 
 def _converter_fingerprint(fmt: str) -> str:

@@ -1,6 +1,7 @@
 """SPEC: how the CLI names a model.
 
 - ``builtin:dit-tiny`` / ``builtin:gan-tiny``: the built-in models.
+- ``zoo:NAME`` (``zoo:NAME@real`` for the published size): an architecture of ``mobilekit.zoo``.
 - ``package.module:function``: a function returning ``(model, example_inputs)``.
 - a diffusers model folder (``config.json`` + weights), with input shapes from ``--input``.
 """
@@ -151,6 +152,12 @@ def load_spec(spec: str, *, inputs: list[str] | None = None, seed: int = 0) -> L
 
         b = build_builtin(spec, seed=seed)
         return LoadedSpec(b.name, b.model, b.example_inputs, b.calibration, b.input_names)
+    if spec.startswith("zoo:"):
+        from mobilekit.zoo import build_zoo_model
+
+        name, _, size = spec.partition("@")  # zoo:dit@real is the published size
+        b = build_zoo_model(name, size=size or "tiny", seed=seed)
+        return LoadedSpec(b.name, b.model, b.example_inputs, b.calibration, b.input_names)
     path = Path(spec)
     if path.is_dir():
         if not (path / "config.json").exists():
@@ -166,4 +173,4 @@ def load_spec(spec: str, *, inputs: list[str] | None = None, seed: int = 0) -> L
     if ":" in spec and re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", spec):
         return _load_function(spec)
     raise ConfigError(f"cannot resolve SPEC {spec!r}", where="SPEC",
-                      fix="use builtin:dit-tiny, builtin:gan-tiny, package.module:function, or a model folder")
+                      fix="use builtin:dit-tiny, builtin:gan-tiny, zoo:NAME[@real], package.module:function, or a model folder")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -26,8 +26,12 @@ def register(app: typer.Typer) -> None:
 
         if not config.exists() and config == Path("mobilekit.toml") and Path("pyproject.toml").exists():
             config = Path("pyproject.toml")
+        def on_plan(model: str, plan: Any) -> None:
+            for line in plan.describe():
+                err_console().print(f"plan {model}: {line}", highlight=False)
+
         with progress_callback("build") as on_progress:
-            result = build(config, on_progress=on_progress)
+            result = build(config, on_progress=on_progress, on_plan=on_plan)
         if junit is not None:
             from mobilekit.profiling.budget import write_junit
 

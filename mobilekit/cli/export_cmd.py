@@ -90,10 +90,14 @@ def register(app: typer.Typer) -> None:
         """Export a model for named phones: quantized, checked against PyTorch, listed in manifest.json."""
         from mobilekit.cli._output import err_console, print_json, print_table, progress_callback
         from mobilekit.exporting import export
+        from mobilekit.plan import plan_exports
         from mobilekit.spec import load_spec
 
         loaded = load_spec(spec, inputs=input)
         cal = load_calibration(calibration, len(loaded.example_inputs)) if calibration else (loaded.calibration or None)
+        plan = plan_exports(target, formats=format, precision=precision)
+        for line in plan.describe():
+            err_console().print(f"plan: {line}", highlight=False)
         with progress_callback(f"export {loaded.name}") as on_progress:
             manifest = export(loaded.model, loaded.example_inputs, targets=target, out_dir=out, precision=precision,
                               formats=format, calibration=cal, verify=not no_verify,

@@ -55,9 +55,18 @@ def _quiet_third_party() -> None:
         return
     warnings.filterwarnings("ignore")
     warnings.filterwarnings("default", category=__import__("mobilekit.errors", fromlist=["x"]).MobilekitWarning)
+    # Native runtimes read these when they load (children inherit them): TensorFlow Lite / absl C++
+    # logs, and tqdm progress bars coremltools draws for every conversion pass.
+    for key, value in (("TF_CPP_MIN_LOG_LEVEL", "3"), ("GLOG_minloglevel", "2"), ("TQDM_DISABLE", "1")):
+        os.environ.setdefault(key, value)
     for name in ("torch", "torchao", "executorch", "coremltools", "onnxscript", "diffusers", "transformers",
                  "absl", "tensorflow", "jax"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # Some libraries set their own module loggers to INFO on import (ExecuTorch's Core ML partitioner)
+    # and call basicConfig: own the root handler first, and let through only mobilekit below ERROR.
+    handler = logging.StreamHandler()
+    handler.addFilter(lambda record: record.levelno >= logging.ERROR or record.name.startswith("mobilekit"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(levelname)s: %(message)s")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,6 +35,8 @@ from mobilekit.estimation.model import FamilyParams, OpArrays, family_key
 logger = logging.getLogger(__name__)
 
 FEATURES_PATH = Path(__file__).with_name("calibration_features.json")
+# The published latencies the estimator is fitted on (a copy of shared/data, shipped with the package).
+CALIBRATION_CSV = Path(__file__).parent / "data" / "device_latency_calibration.csv"
 FEATURES_VERSION = 1
 # Loose prior every fit is shrunk toward: log of eff_compute, eff_memory, overhead (µs/op),
 # fixed cost (ms/inference), depthwise factor.

@@ -207,3 +207,23 @@ def test_caller_model_is_left_alone(tmp_path: Path) -> None:
     assert model.training
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8-dynamic"])
+def test_over_two_gigabytes_goes_to_external_data_that_loads_from_the_output_dir(tmp_path, monkeypatch, precision):
+    """The protobuf limit path (DiT-XL/2 is 3 GB), exercised on a small model by lowering the limit."""
+    import mobilekit
+    import converters.onnx as onnx_conv
+
+    monkeypatch.setattr(onnx_conv, "_PROTOBUF_LIMIT", 1024)
+    model, inputs = tiny_convnet()
+    m = mobilekit.export(model, inputs, targets=["pixel-8"], formats=["onnx"], precision=precision,
+                         out_dir=tmp_path / "out", cache_dir=tmp_path / "cache", model_name="big")
+    (a,) = m.artifacts
+    assert a.extra_files == (f"big-onnx-{precision}.onnx.data",)
+    assert any("over 2 GB" in n for n in a.notes)
+    # the placed .onnx names the placed data file (not the cache's model.onnx.data)
+    outputs = run_artifact(tmp_path / "out" / a.path, [t.numpy() for t in inputs])
+    ref = reference_outputs(model, inputs)
+    assert compare(ref, outputs, tolerance=tolerance_for(precision)).status == "pass"
+    assert not (tmp_path / "out" / "model.onnx.data").exists()

@@ -176,3 +176,16 @@ def test_bad_inputs_are_refused_with_where(tmp_path: Path) -> None:
         TFLiteConverter().convert(dit, (latents, t + 2**40, label), Recipe.parse("tflite-fp32"), tmp_path)
     with pytest.raises(ConfigError, match="builds format tflite"):
         TFLiteConverter().convert(model, inputs, Recipe.parse("coreml-fp16"), tmp_path)
+
+
+def test_a_model_over_the_flatbuffer_limit_is_refused_before_any_work(monkeypatch, tmp_path):
+    import mobilekit
+    import converters.tflite as tfl
+
+    model, inputs = tiny_convnet()
+    monkeypatch.setattr(tfl, "FLATBUFFER_LIMIT", 1024)
+    monkeypatch.setattr(tfl, "require", lambda *a, **k: pytest.fail("conversion started"))
+    with pytest.raises(mobilekit.ConfigError, match="TFLite flatbuffers hold at most 2 GB") as info:
+        mobilekit.export(model, inputs, targets=["pixel-8"], formats=["tflite"], precision="int8-dynamic",
+                         out_dir=tmp_path / "o", cache_dir=tmp_path / "c")
+    assert "onnx-fp32 (external weights)" in info.value.fix

@@ -14,7 +14,7 @@ from mobilekit.estimation.api import LatencyEstimate, estimate, estimate_all
 from mobilekit.estimation.graph import analyze
 from tests.fixtures.models import DiTWrapper, tiny_convnet, tiny_dit, tiny_dit_inputs
 
-CSV = Path("/work/shared/data/device_latency_calibration.csv")
+from mobilekit.estimation.calibrate import CALIBRATION_CSV as CSV  # noqa: E402
 
 
 # --- graph.py: FLOPs against closed forms ------------------------------------------------------
@@ -184,14 +184,17 @@ def test_band_holds_calibration_points_at_its_claimed_rate_leave_one_model_out()
     pred = leave_one_model_out(rows, doc["archs"])
     measured = np.array([r.latency_ms for r in rows])
     shipped = json.loads(LOO_PATH.read_text())
-    # the shipped residuals the bands use, and the shipped fit, are the ones this code produces
-    assert np.allclose(pred, [r["predicted_ms"] for r in shipped["rows"]], rtol=1e-6)
+    # The shipped residuals the bands use, and the shipped fit, are the ones this code produces.
+    # The fit is an iterative optimiser over BLAS: other machines land within ~4e-5 relative of the
+    # shipped optimum (seen: 3.6e-5), while a changed model or data set moves predictions by percents
+    # and the bands are tens of percent wide, so 1e-3 separates "same fit" from "different fit".
+    assert np.allclose(pred, [r["predicted_ms"] for r in shipped["rows"]], rtol=1e-3)
     from mobilekit.estimation.calibrate import fit, fitted_params
 
     fresh, used = fit(rows, doc["archs"]), fitted_params()
-    assert fresh.format_factor == pytest.approx(used.format_factor, rel=1e-6)
+    assert fresh.format_factor == pytest.approx(used.format_factor, rel=1e-3)
     for key, params in fresh.families.items():
-        assert params.eff_compute == pytest.approx(used.families[key].eff_compute, rel=1e-6), key
+        assert params.eff_compute == pytest.approx(used.families[key].eff_compute, rel=1e-3), key
     cov = nested_coverage([r.family for r in rows], [r.arch for r in rows], list(measured), list(pred),
                           widen=shipped["widen"])
     assert cov["claimed"] == COVERAGE
@@ -201,7 +204,6 @@ def test_band_holds_calibration_points_at_its_claimed_rate_leave_one_model_out()
     assert np.mean(ratio < np.log(2)) > 0.6
 
 
-@pytest.mark.skipif(not CSV.is_file(), reason="calibration CSV not on this machine")
 def test_every_calibration_row_is_normalised_or_skipped_with_a_reason() -> None:
     from mobilekit.estimation.calibrate import load_features, parse_rows
 

@@ -14,7 +14,6 @@ up-sampling, tanh and clamp.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -373,14 +372,9 @@ class PatchDiscriminator(nn.Module):
 
 def sha256_of_state(state: dict[str, torch.Tensor]) -> str:
     """sha256 over the sorted names, dtypes, shapes and bytes of a state dict."""
-    h = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name].detach().contiguous().cpu()
-        h.update(name.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+    from mobilekit.cache import hash_tensors
+
+    return hash_tensors(sorted(state.items())).hexdigest()
 
 
 def save_model(model: nn.Module, config: dict[str, Any], directory: Path, *, kind: str,
