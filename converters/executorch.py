@@ -51,7 +51,7 @@ from converters._torch_common import (
 )
 from converters.base import ConvertResult, StageTimer, Support, ensure_supported, supports_from_table
 from mobilekit._deps import require
-from mobilekit._io import write_bytes_atomic
+from mobilekit._io import atomic_path
 from mobilekit.errors import ConfigError, ExportError
 from mobilekit.recipe import Recipe
 
@@ -323,18 +323,21 @@ def _serialize(edge: Any, workdir: Path, external: bool, backend: str, delegate:
     from executorch.exir import ExecutorchBackendConfig
 
     config = ExecutorchBackendConfig(external_constants=(lambda _node: DATA_TAG) if external else False)
+    filename = "model.pte"
     try:
         program = edge.to_executorch(config)
-        buffer = program.buffer
+        # Streamed from the program's segments: ``program.buffer`` would first join them into one
+        # bytes object, a whole extra copy of the weights (3 GB for DiT-XL/2).
+        with atomic_path(workdir / filename) as tmp, open(tmp, "wb") as fh:
+            program.write_to_file(fh)
     except Exception as exc:
         raise map_backend_error(exc, backend=backend, program=edge.exported_program(), stage="serialization",
                                 where=backend, fix="choose another precision or delegate") from exc
-    filename = "model.pte"
-    write_bytes_atomic(workdir / filename, buffer)
     extra: list[str] = []
     for tag, cord in (getattr(program, "_tensor_data", None) or {}).items():
         name = tag if str(tag).endswith(".ptd") else f"{tag}.ptd"
-        write_bytes_atomic(workdir / name, bytes(cord))
+        with atomic_path(workdir / name) as tmp, open(tmp, "wb") as fh:
+            cord.write_to_file(fh)
         extra.append(name)
-    logger.debug("wrote %s (%d bytes) + %s for %s", filename, len(buffer), extra, delegate)
+    logger.debug("wrote %s (%d bytes) + %s for %s", filename, (workdir / filename).stat().st_size, extra, delegate)
     return filename, extra

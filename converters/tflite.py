@@ -35,7 +35,7 @@ from converters._torch_common import capture, float64_as_float32, input_names_of
 from converters.base import (ConvertResult, StageTimer, Support, ensure_supported, module_path_of_op,
                              supports_from_table)
 from mobilekit._deps import require
-from mobilekit._io import write_bytes_atomic
+from mobilekit._io import native_output_captured, write_bytes_atomic
 from mobilekit.errors import ConfigError, ExportError, UnsupportedOpError
 from mobilekit.recipe import Recipe
 
@@ -130,7 +130,8 @@ class TFLiteConverter:
         fits = self.check_model(model, recipe)
         if not fits:
             raise ConfigError(fits.reason, where=recipe.name, fix=f"use {' or '.join(fits.supported)}")
-        litert_torch = require("litert_torch", extra="tflite", purpose="to export TFLite models")
+        with native_output_captured():  # TensorFlow's runtime prints absl/oneDNN banners on import
+            litert_torch = require("litert_torch", extra="tflite", purpose="to export TFLite models")
         timer = StageTimer()
         notes: list[str] = []
         with timer("prepare"):
@@ -294,14 +295,15 @@ def _quiet() -> Iterator[None]:
     old = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
     os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
     buf = io.StringIO()
+    native: list[str] = []
     try:
-        with redirect_stderr(buf), redirect_stdout(buf):
+        with native_output_captured() as native, redirect_stderr(buf), redirect_stdout(buf):
             yield
     finally:
         if old is None:
             os.environ.pop("LITERT_TORCH_SHOW_PROGRESS", None)
         else:
             os.environ["LITERT_TORCH_SHOW_PROGRESS"] = old
-        text = buf.getvalue().strip()
+        text = (buf.getvalue() + "".join(native)).strip()
         if text:
             logger.debug("litert-torch/ai-edge-quantizer said: %s", text[-4000:])

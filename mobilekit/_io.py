@@ -82,3 +82,33 @@ def copy_atomic(src: Path, dest: Path) -> Path:
         else:
             shutil.copy2(src, tmp)
     return Path(dest)
+
+
+@contextlib.contextmanager
+def native_output_captured() -> Iterator[list[str]]:
+    """Send what native code writes to file descriptors 1 and 2 into a list of one string.
+
+    Converters' C++ cores (TFLite's MLIR passes, absl) print straight to the process's stderr,
+    below Python's ``sys.stderr``; a CLI user would see pages of it. The text is handed back so the
+    caller can log it at DEBUG.
+    """
+    import sys
+
+    captured: list[str] = []
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            captured.append(sink.read().decode(errors="replace"))

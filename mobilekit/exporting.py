@@ -1,9 +1,14 @@
 """The export pipeline: one PyTorch model → the artifacts each target ships, checked against PyTorch.
 
 Stages, in order, each producing the next stage's input:
-  resolve targets → recipes (deduplicated across targets) → reference run + trace →
+  plan (targets × formats × precisions → recipes, deduplicated across targets; what no target can
+  get is refused, see mobilekit.plan) → size checks (TFLite's 2 GB) → reference run + trace →
   per recipe: cache lookup | convert → verify parity in a child process → cache commit →
-  copy into the output directory → manifest.
+  copy into the output directory → manifest (with the plan).
+
+The caller's model is never modified and, in eval mode, never copied: at DiT-XL/2 size a copy
+is 3 GB. Outputs that are not tensors (Hugging Face ``ModelOutput``, dicts, nested tuples) are
+flattened by a thin wrapper before any exporter sees the model.
 """
 
 from __future__ import annotations

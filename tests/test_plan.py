@@ -76,3 +76,19 @@ def test_a_format_falls_back_to_another_delegate_the_target_runs():
     assert only.recipe.name == "executorch-xnnpack-int8-dynamic"  # the iPhone's ExecuTorch default is Core ML
     assert "executorch-coreml cannot build int8-dynamic" in only.notes[0]
     assert not plan.skipped
+
+
+def test_cli_terminal_shows_the_plan_and_results_without_library_noise(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MOBILEKIT_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("MOBILEKIT_VERBOSITY", None)
+    proc = subprocess.run([sys.executable, "-m", "mobilekit.cli.main", "export", "builtin:gan-tiny", "-t",
+                           "iphone-15-pro", "-f", "coreml", "-f", "tflite", "-f", "executorch", "-p", "fp32",
+                           "-o", str(tmp_path / "o")], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "plan: build coreml-fp32 for iphone-15-pro" in proc.stderr
+    for noise in ("Running MIL", "INFO:", "absl::InitializeLog", "oneDNN", "ops/s]", "CoreMLPartitioner"):
+        assert noise not in proc.stderr, noise

@@ -59,13 +59,19 @@ def _quiet_third_party() -> None:
     # logs, and tqdm progress bars coremltools draws for every conversion pass.
     for key, value in (("TF_CPP_MIN_LOG_LEVEL", "3"), ("GLOG_minloglevel", "2"), ("TQDM_DISABLE", "1")):
         os.environ.setdefault(key, value)
+    def errors_only(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
     for name in ("torch", "torchao", "executorch", "coremltools", "onnxscript", "diffusers", "transformers",
                  "absl", "tensorflow", "jax"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # torch re-sets its loggers' levels and handlers when it is imported; a filter stays. torchao's
+    # import logs a deprecation through this one on every run.
+    logging.getLogger("torch.utils._pytree").addFilter(errors_only)
     # Some libraries set their own module loggers to INFO on import (ExecuTorch's Core ML partitioner)
     # and call basicConfig: own the root handler first, and let through only mobilekit below ERROR.
     handler = logging.StreamHandler()
-    handler.addFilter(lambda record: record.levelno >= logging.ERROR or record.name.startswith("mobilekit"))
+    handler.addFilter(lambda record: errors_only(record) or record.name.startswith("mobilekit"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(levelname)s: %(message)s")
 
 
