@@ -84,11 +84,9 @@ def prepared_model(model: torch.nn.Module, *, mutates: bool = False) -> torch.nn
 
 def weight_bytes(model: torch.nn.Module, *, as_dtype: torch.dtype | None = None) -> int:
     """Bytes of a model's parameters and buffers (counted at ``as_dtype`` for floating tensors when given)."""
-    total = 0
-    for t in [*model.parameters(), *model.buffers()]:
-        size = torch.empty((), dtype=as_dtype).element_size() if as_dtype and t.is_floating_point() else t.element_size()
-        total += t.numel() * size
-    return total
+    as_size = torch.empty((), dtype=as_dtype).element_size() if as_dtype else None
+    return sum(t.numel() * (as_size if as_size and t.is_floating_point() else t.element_size())
+               for t in [*model.parameters(), *model.buffers()])
 
 
 class HalfPrecision(torch.nn.Module):

@@ -38,6 +38,7 @@ from converters._torch_common import (
     map_backend_error,
     prepared_model,
     static_reshapes,
+    weight_bytes,
 )
 from converters.base import ConvertResult, StageTimer, Support, ensure_supported, supports_from_table
 from mobilekit._deps import require
@@ -131,7 +132,7 @@ class OnnxConverter:
             in_names = names[:len(inputs)] if len(names) >= len(inputs) else [f"input_{i}" for i in
                                                                               range(len(inputs))]
             onnx_program = _to_onnx(program, in_names, recipe.name, self.opset)
-        big = _weight_bytes(program) > _PROTOBUF_LIMIT
+        big = weight_bytes(module) > _PROTOBUF_LIMIT
         if big:
             notes.append("weights over 2 GB (protobuf's limit): stored in the .data file beside the model")
         if recipe.precision == "fp32" and big:
@@ -181,12 +182,6 @@ def _to_onnx(program: torch.export.ExportedProgram, in_names: list[str], backend
     if onnx_program is None:
         raise ExportError("torch.onnx.export returned no program", where=backend, fix="report this with the model")
     return onnx_program
-
-
-def _weight_bytes(program: torch.export.ExportedProgram) -> int:
-    """Bytes of the parameters, buffers and constants the ONNX model will carry as initializers."""
-    tensors = [*program.state_dict.values(), *program.constants.values()]
-    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 
 def _save_program(onnx_program: Any, workdir: Path) -> tuple[str, list[str]]:

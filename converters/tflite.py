@@ -139,20 +139,23 @@ class TFLiteConverter:
             long_pos = [i for i, t in enumerate(example_inputs) if _is_long(t)]
             original = prepared_model(model)
             wrapped = Int32Inputs(original, long_pos).eval() if long_pos else original
-            program = capture(wrapped, tuple(inputs), backend=recipe.name)
-            if float64_as_float32(program):
-                notes.append("float64 ops computed in float32 (no float64 kernels on phones)")
-                wrapped = program.module()
             names = input_names_of(original, len(inputs))
         with timer("lower"):
             try:
-                with _quiet():
-                    edge = litert_torch.convert(wrapped, tuple(inputs))
-                    flatbuffer = bytes(edge.model_content())
+                flatbuffer = _lower(litert_torch, wrapped, tuple(inputs))
             except ConfigError:
                 raise
             except Exception as exc:
-                raise _map_error(exc, original, tuple(example_inputs)) from exc
+                # No float64 kernels on phones ("failed to legalize operation 'tfl.pow'" on tensor<f64>):
+                # retry once with float64 computed in float32. Only then is the extra capture paid.
+                program = capture(wrapped, tuple(inputs), backend=recipe.name)
+                if not float64_as_float32(program):
+                    raise _map_error(exc, original, tuple(example_inputs)) from exc
+                try:
+                    flatbuffer = _lower(litert_torch, program.module(), tuple(inputs))
+                except Exception:
+                    raise _map_error(exc, original, tuple(example_inputs)) from exc
+                notes.append("float64 ops computed in float32 (no float64 kernels on phones)")
         if recipe.precision != "fp32":
             with timer("quantize"):
                 batches = (calibration or [tuple(example_inputs)]) if recipe.precision == "int8-static" else []
@@ -192,6 +195,12 @@ def _as_int32(batch: Sequence[Any], where: str) -> list[torch.Tensor]:
             t = t.to(torch.int32)
         out.append(t)
     return out
+
+
+def _lower(litert_torch: Any, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> bytes:
+    """litert-torch's conversion to a float flatbuffer, with its output kept off the terminal."""
+    with _quiet():
+        return bytes(litert_torch.convert(module, inputs).model_content())
 
 
 def _map_error(exc: BaseException, model: torch.nn.Module, inputs: tuple[Any, ...]) -> Exception:

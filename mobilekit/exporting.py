@@ -79,11 +79,6 @@ class TensorOutputs(torch.nn.Module):
         return flat[0] if len(flat) == 1 else tuple(flat)
 
 
-def _input_names(model: torch.nn.Module, n: int, given: Sequence[str] | None) -> list[str]:
-    from converters._torch_common import input_names_of
-
-    return list(given) if given else input_names_of(model, n)
-
 def _dtype_name(dtype: Any) -> str:
     return str(dtype).replace("torch.", "")
 
@@ -226,7 +221,7 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
     total = len(plans)
     progress("trace", 0, total)
 
-    from converters._torch_common import prepared_model
+    from converters._torch_common import input_names_of, prepared_model
 
     model = prepared_model(model)  # no copy of an eval-mode model: real sizes can't afford two
     _check_fits(model, plans)
@@ -242,7 +237,7 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
                           f"{(str(exc).splitlines() or [''])[0]}", where="example_inputs",
                           fix="pass inputs of the shapes and dtypes forward expects (--input)") from exc
     reference = [t.detach().float().numpy() for t in reference_t]
-    names = _input_names(model, len(example), input_names)
+    names = list(input_names) if input_names else input_names_of(model, len(example))
     if not _plain_outputs(raw_out):
         # Hugging Face ModelOutput, dicts, nested tuples: exporters want a flat tuple of tensors.
         model = TensorOutputs(model, names)
