@@ -397,9 +397,10 @@ def _verify_variant(out: Path, placed: Mapping[str, str], res: Any, variant: str
 
 
 def _in_specs(example: tuple[torch.Tensor, ...], model: torch.nn.Module) -> tuple[TensorSpec, ...]:
-    from mobilekit.exporting import _dtype_name, _input_names
+    from converters._torch_common import input_names_of
+    from mobilekit.exporting import _dtype_name
 
-    names = _input_names(model, len(example), None)
+    names = input_names_of(model, len(example))
     return tuple(TensorSpec(name=n, shape=tuple(t.shape), dtype=_dtype_name(t.dtype))
                  for n, t in zip(names, example, strict=True))
 
