@@ -39,7 +39,9 @@ _LAZY: dict[str, str] = {
     "estimate_all": "mobilekit.estimation.api:estimate_all",
     "LatencyReport": "mobilekit.profiling.report:LatencyReport",
     "build": "mobilekit.building:build",
-    "BuildResult": "mobilekit.building:BuildResult",
+    "BuildResult": "mobilekit.build_result:BuildResult",
+    "Budget": "mobilekit.profiling.budget:Budget",
+    "BudgetCheck": "mobilekit.profiling.budget:BudgetCheck",
     "load_build_config": "mobilekit.build_config:load_build_config",
     "export": "mobilekit.exporting:export",
     "ExportPlan": "mobilekit.plan:ExportPlan",
@@ -62,7 +64,9 @@ if TYPE_CHECKING:
                                   MobilekitError, ParityError, RuntimeCrashError, UnsupportedOpError)
     from mobilekit.estimation.api import LatencyEstimate, estimate, estimate_all
     from mobilekit.build_config import load_build_config
-    from mobilekit.building import BuildResult, build
+    from mobilekit.build_result import BuildResult
+    from mobilekit.building import build
+    from mobilekit.profiling.budget import Budget, BudgetCheck
     from mobilekit.adapters import export_adapters
     from mobilekit.exporting import export
     from mobilekit.plan import ExportPlan, plan_exports

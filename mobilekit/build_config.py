@@ -12,7 +12,8 @@ Example ``mobilekit.toml``::
     precisions = ["fp32", "int8-dynamic"]
 
     [budgets]
-    latency_ms = 50
+    host_latency_ms = 50      # measured on this host
+    phone_latency_ms = 30     # each phone target's estimate (or { pixel-8 = 40, iphone-15-pro = 25 })
     size_mb = 20
 
     [models.dit]
@@ -29,45 +30,37 @@ from pathlib import Path
 from typing import Any
 
 from mobilekit.errors import ConfigError
+from mobilekit.profiling.budget import CHECK_KINDS, Budget
 from mobilekit.recipe import FORMATS, PRECISION_ALIASES, PRECISIONS, AdapterPolicy
 
 BUILD_KEYS = {"out": "output directory (relative to the config file)",
               "targets": "target names", "formats": "formats to build (default: each target's default recipe)",
               "precisions": "precisions to build", "measure": "measure on this host where a runtime exists",
               "estimate": "estimate latency per target", "max_seconds": "seconds of timed runs per artifact",
-              "cache_dir": "export cache directory", "workers": "parallel export processes"}
-BUDGET_KEYS = {"latency_ms": "p50 ms, host measurement and per-target estimate",
+              "cache_dir": "export cache directory", "workers": "parallel export processes",
+              "parity_samples": "inputs parity compares when a model gives no parity_inputs (default 4)",
+              "allow_errors": "true, or check kinds (size, parity, host, phone, memory) whose 'could not be "
+                              "evaluated' does not fail the build"}
+BUDGET_KEYS = {"host_latency_ms": "most latency measured on this host, ms",
+               "phone_latency_ms": "most latency on each phone target (estimated), ms; a number or {target = ms}",
+               "latency_stat": "the latency statistic the limits apply to: p50 (default), p90, p99, mean",
                "size_mb": "artifact size in MiB (all files of an artifact)",
+               "memory_mb": "peak memory the model adds while running on this host, MiB",
                "min_cosine": "lowest cosine similarity with PyTorch", "min_psnr_db": "lowest PSNR against PyTorch, dB"}
+# Budget keys as the TOML names them → the Budget field they fill
+_BUDGET_FIELDS = {"host_latency_ms": "host_ms", "phone_latency_ms": "phone_ms", "latency_stat": "stat",
+                  "size_mb": "size_mb", "memory_mb": "memory_mb", "min_cosine": "min_cosine",
+                  "min_psnr_db": "min_psnr_db"}
 MODEL_KEYS = {"spec": "builtin:NAME, package.module:function, or a model folder",
               "inputs": "input shapes for a model folder", "targets": "override [build].targets",
               "formats": "override [build].formats", "precisions": "override [build].precisions",
               "adapters": "name -> adapter file or folder (LoRA)", "adapter_policy": "fuse or separate",
-              "budgets": "override [budgets]"}
+              "budgets": "override [budgets]",
+              "calibration": "int8-static calibration batches: .npz/.safetensors, input name -> [N, *shape]",
+              "parity_inputs": "inputs parity is checked on besides the example: .npz/.safetensors, input name -> "
+                               "[N, *shape] (kept apart from calibration)"}
 TOP_KEYS = {"build", "budgets", "models"}
 _PRECISIONS = PRECISIONS + tuple(PRECISION_ALIASES)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Budgets:
-    """Limits a build must meet; None means no limit.
-
-    Attributes:
-        latency_ms: most p50 latency, ms (host measurements and per-target estimates).
-        size_mb: most artifact size, MiB.
-        min_cosine: least cosine similarity of outputs with PyTorch.
-        min_psnr_db: least PSNR of outputs against PyTorch, dB.
-    """
-
-    latency_ms: float | None = None
-    size_mb: float | None = None
-    min_cosine: float | None = None
-    min_psnr_db: float | None = None
-
-    def merged(self, override: Budgets) -> Budgets:
-        """These budgets with every non-None field of ``override`` applied."""
-        return Budgets(**{k: getattr(override, k) if getattr(override, k) is not None else getattr(self, k)
-                          for k in BUDGET_KEYS})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,6 +75,8 @@ class ModelEntry:
         adapters: adapter name → path of a LoRA adapter.
         adapter_policy: ``fuse`` or ``separate``.
         budgets: the limits this model's artifacts must meet.
+        calibration: file of int8-static calibration batches, or None (the spec's own, else synthesized).
+        parity_inputs: file of parity inputs besides the example, or None (held-out ones synthesized).
     """
 
     name: str
@@ -92,7 +87,9 @@ class ModelEntry:
     precisions: tuple[str, ...] = ()
     adapters: dict[str, Path] = field(default_factory=dict)
     adapter_policy: str = "fuse"
-    budgets: Budgets = field(default_factory=Budgets)
+    budgets: Budget = field(default_factory=Budget)
+    calibration: Path | None = None
+    parity_inputs: Path | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,6 +105,9 @@ class BuildConfig:
         max_seconds: seconds of timed runs per artifact.
         cache_dir: export cache directory, or None for the default.
         workers: parallel export processes.
+        parity_samples: inputs parity compares for a model without ``parity_inputs``.
+        allow_errors: True, or the check kinds whose errors (a configured check that could not be
+            evaluated) do not fail the build; False (the default) fails on every error.
     """
 
     path: Path
@@ -118,6 +118,8 @@ class BuildConfig:
     max_seconds: float = 2.0
     cache_dir: Path | None = None
     workers: int = 1
+    allow_errors: bool | tuple[str, ...] = False
+    parity_samples: int = 4
 
 
 def _line_of(text: str, table: str, key: str) -> int | None:
@@ -183,12 +185,54 @@ class _Reader:
                 raise ConfigError(exc.message, where=self.where(table, "targets"), fix=exc.fix) from exc
         return tuple(out)
 
-    def budgets(self, table: str, data: Any) -> Budgets:
+    def budgets(self, table: str, data: Any) -> Budget:
+        if isinstance(data, dict) and "latency_ms" in data:
+            # one number cannot bound both an x86 host measurement and a phone estimate
+            raise ConfigError(f"latency_ms in [{table}] is ambiguous", where=self.where(table, "latency_ms"),
+                              fix="use host_latency_ms (measured on this host) and/or phone_latency_ms "
+                                  "(each phone target's estimate)")
         data = self.check_keys(table, data, BUDGET_KEYS)
+        values: dict[str, Any] = {}
         for k, v in data.items():
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
-                raise ConfigError(f"{k} in [{table}] must be a number >= 0, got {v!r}", where=self.where(table, k))
-        return Budgets(**{k: float(v) for k, v in data.items()})
+            if k == "latency_stat":
+                values["stat"] = v
+                continue
+            if k == "phone_latency_ms" and isinstance(v, dict):
+                by_target = {}
+                for target, ms in v.items():
+                    try:
+                        name = self.targets(table, [target])[0]
+                    except ConfigError as exc:
+                        raise ConfigError(exc.message, where=self.where(table, k), fix=exc.fix) from exc
+                    by_target[name] = self.number(table, f"{k}.{target}", ms)
+                values["phone_ms_by_target"] = by_target
+                continue
+            values[_BUDGET_FIELDS[k]] = self.number(table, k, v)
+        try:
+            return Budget(**values)
+        except ConfigError as exc:
+            key = next((k for k, f in _BUDGET_FIELDS.items() if f == exc.where), exc.where)
+            raise ConfigError(f"{exc.message} ({key} in [{table}])", where=self.where(table, key), fix=exc.fix) from exc
+
+    def number(self, table: str, key: str, v: Any) -> float:
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+            raise ConfigError(f"{key} in [{table}] must be a number >= 0, got {v!r}",
+                              where=self.where(table, key.split(".")[0]))
+        return float(v)
+
+    def file(self, table: str, key: str, value: Any, base: Path) -> Path:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} in [{table}] must be a file path", where=self.where(table, key))
+        found = (base / value).resolve()
+        if not found.is_file():
+            raise ConfigError(f"{key} file {value!r} in [{table}] does not exist", where=self.where(table, key),
+                              fix=f"looked for {found}")
+        return found
+
+    def allow_errors(self, value: Any) -> bool | tuple[str, ...]:
+        if isinstance(value, bool):
+            return value
+        return self.strings("build", "allow_errors", value, CHECK_KINDS)
 
 
 def load_build_config(path: str | Path) -> BuildConfig:
@@ -256,7 +300,7 @@ def load_build_config(path: str | Path) -> BuildConfig:
         adapters = entry.get("adapters", {})
         if not isinstance(adapters, dict) or not all(isinstance(v, str) for v in adapters.values()):
             raise ConfigError(f"adapters in [{table}] must map names to paths", where=r.where(table, "adapters"))
-        model_budgets = r.budgets(f"{table}.budgets", entry["budgets"]) if "budgets" in entry else Budgets()
+        model_budgets = r.budgets(f"{table}.budgets", entry["budgets"]) if "budgets" in entry else Budget()
         spec = entry["spec"]
         if not spec.startswith("builtin:") and ":" not in spec and not Path(spec).is_absolute():
             spec = str((path.parent / spec).resolve())
@@ -267,12 +311,29 @@ def load_build_config(path: str | Path) -> BuildConfig:
             precisions=(r.strings(table, "precisions", entry["precisions"], _PRECISIONS) if "precisions" in entry
                         else precisions),
             adapters={k: (path.parent / v).resolve() for k, v in adapters.items()}, adapter_policy=policy,
-            budgets=budgets.merged(model_budgets)))
-    for key, kind in (("measure", bool), ("estimate", bool), ("max_seconds", (int, float)), ("workers", int)):
+            budgets=budgets.merged(model_budgets),
+            **{key: r.file(table, key, entry[key], path.parent) for key in ("calibration", "parity_inputs")
+               if key in entry}))
+    for key, kind in (("measure", bool), ("estimate", bool), ("max_seconds", (int, float)), ("workers", int),
+                      ("parity_samples", int)):
         if key in build and not isinstance(build[key], kind):
             raise ConfigError(f"{key} in [build] has the wrong type: {build[key]!r}", where=r.where("build", key))
+    measure, estimate = build.get("measure", True), build.get("estimate", True)
+    for m in models:
+        # a limit nothing in this build would evaluate is refused now, not reported green later
+        if m.budgets.host_ms is not None and not measure:
+            raise ConfigError(f"models.{m.name} has host_latency_ms but [build] measure = false",
+                              where=r.where("build", "measure"), fix="set measure = true or drop host_latency_ms")
+        if (m.budgets.phone_ms is not None or m.budgets.phone_ms_by_target) and not estimate:
+            raise ConfigError(f"models.{m.name} has phone_latency_ms but [build] estimate = false",
+                              where=r.where("build", "estimate"), fix="set estimate = true or drop phone_latency_ms")
+        if m.budgets.memory_mb is not None and not measure:
+            raise ConfigError(f"models.{m.name} has memory_mb but [build] measure = false",
+                              where=r.where("build", "measure"), fix="set measure = true or drop memory_mb")
     out = path.parent / build.get("out", "build/mobilekit")
     cache_dir = (path.parent / build["cache_dir"]) if "cache_dir" in build else None
-    return BuildConfig(path=path, out=out.resolve(), models=tuple(models), measure=build.get("measure", True),
-                       estimate=build.get("estimate", True), max_seconds=float(build.get("max_seconds", 2.0)),
-                       cache_dir=cache_dir, workers=int(build.get("workers", 1)))
+    return BuildConfig(path=path, out=out.resolve(), models=tuple(models), measure=measure, estimate=estimate,
+                       max_seconds=float(build.get("max_seconds", 2.0)), cache_dir=cache_dir,
+                       workers=int(build.get("workers", 1)),
+                       allow_errors=r.allow_errors(build["allow_errors"]) if "allow_errors" in build else False,
+                       parity_samples=int(build.get("parity_samples", 4)))

@@ -15,16 +15,18 @@ import logging
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mobilekit._io import write_json_atomic, write_text_atomic
 from mobilekit.artifact import Artifact, Manifest
-from mobilekit.build_config import BuildConfig, Budgets, ModelEntry, load_build_config
+from mobilekit.build_config import BuildConfig, ModelEntry, load_build_config
+from mobilekit.build_result import BuildResult
 from mobilekit.cache import default_cache_dir
 from mobilekit.errors import BackendUnavailableError, BudgetError, ConfigError, RuntimeCrashError
-from mobilekit.profiling.budget import BudgetCheck
+from mobilekit.profiling.budget import Budget, BudgetCheck, evaluate
+from mobilekit.reporting import build_html, build_markdown
 
 if TYPE_CHECKING:
     from mobilekit.plan import ExportPlan
@@ -32,54 +34,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, int], None]
-BUILD_SCHEMA_VERSION = 1
 HOST_FORMATS = {("executorch", "xnnpack"), ("tflite", None), ("onnx", None)}
-
-
-@dataclass(frozen=True, kw_only=True)
-class BuildResult:
-    """What a build produced and whether it met its budgets.
-
-    Attributes:
-        config: the config path.
-        out: the output directory.
-        manifests: model name → its Manifest.
-        reports: host LatencyReports (as dicts).
-        estimates: per-target LatencyEstimates (as dicts).
-        checks: every budget check.
-        exported: artifacts built in this run (not from the cache).
-        seconds: wall-clock seconds of the build.
-        outputs: names of the files written (``build.json``, ``report.html``, ``report.md``).
-    """
-
-    config: str
-    out: Path
-    manifests: dict[str, Manifest]
-    reports: list[dict[str, Any]] = field(default_factory=list)
-    estimates: list[dict[str, Any]] = field(default_factory=list)
-    checks: list[BudgetCheck] = field(default_factory=list)
-    exported: int = 0
-    seconds: float = 0.0
-    outputs: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def failures(self) -> list[BudgetCheck]:
-        """Budget checks that failed."""
-        return [c for c in self.checks if not c.passed]
-
-    @property
-    def ok(self) -> bool:
-        """True when every budget was met."""
-        return not self.failures
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict for ``build.json``."""
-        return {"schema_version": BUILD_SCHEMA_VERSION, "config": self.config, "out": str(self.out), "ok": self.ok,
-                "seconds": round(self.seconds, 3), "exported": self.exported,
-                "manifests": {k: str(Path(k) / "manifest.json") for k in self.manifests},
-                "artifacts": {k: [a.to_dict() for a in m.artifacts] for k, m in self.manifests.items()},
-                "reports": self.reports, "estimates": self.estimates,
-                "checks": [c.to_dict() for c in self.checks], "outputs": self.outputs}
 
 
 def _json_cache(root: Path, kind: str, key: str) -> Path:
@@ -100,40 +55,45 @@ def _host_id() -> str:
 
 
 def _measure(artifact: Artifact, manifest: Manifest, entry: ModelEntry, config: BuildConfig,
-             cache_root: Path) -> dict[str, Any] | None:
-    """Host LatencyReport of one artifact (cached by its hash and the settings), or None without a runtime."""
+             cache_root: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """Host LatencyReport of one artifact (cached by its hash and the settings) and why there is none.
+
+    Returns ``(report, None)``, ``(None, reason)`` when the measurement failed, or ``(None, None)``
+    when the artifact's format has no runtime on this host (Core ML off macOS, a vendor delegate).
+    """
     if (artifact.format, artifact.delegate) not in HOST_FORMATS:
-        return None
+        return None, None
     from mobilekit.profiling.host import profile
 
     key = hashlib.sha256(f"{artifact.sha256}|{config.max_seconds}|{_host_id()}".encode()).hexdigest()
     cached_path = _json_cache(cache_root, "measurements", key)
     hit = _cached_json(cached_path)
     if hit is not None:
-        return {**hit, "artifact": artifact.path, "cached": True}
+        return {**hit, "artifact": artifact.path, "cached": True}, None
     try:
-        # the Artifact (not just its path) carries extra files such as a shared ExecuTorch .ptd
+        # the Artifact (not just its path) carries extra files such as a shared ExecuTorch .ptd;
+        # no target: this is a measurement of this host, whatever phone the artifact is built for
         located = replace(artifact, path=str(manifest.path_of(artifact)))
-        report = profile(artifact=located, target=artifact.targets[0], max_seconds=config.max_seconds)
-    except (BackendUnavailableError, RuntimeCrashError) as exc:
+        report = profile(artifact=located, target=None, max_seconds=config.max_seconds)
+    except (BackendUnavailableError, RuntimeCrashError, ConfigError) as exc:
         logger.warning("could not measure %s: %s", artifact.path, exc)
-        return None
+        return None, f"measuring on this host failed: {type(exc).__name__}: {exc.message}"
     data = report.to_dict() if hasattr(report, "to_dict") else dict(report)  # type: ignore[arg-type]
     data["model"] = entry.name
     write_json_atomic(cached_path, data)
-    return {**data, "artifact": artifact.path, "cached": False}
+    return {**data, "artifact": artifact.path, "cached": False}, None
 
 
 def _estimate(artifact: Artifact, target: str, loaded: Any, entry: ModelEntry,
-              cache_root: Path) -> dict[str, Any] | None:
-    """Per-target LatencyEstimate of one artifact's model and recipe (cached by the export's key)."""
+              cache_root: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """Per-target LatencyEstimate of one artifact's model and recipe (cached by the export's key), or why not."""
     from mobilekit import __version__
 
     key = hashlib.sha256(f"{artifact.cache_key}|{target}|{__version__}".encode()).hexdigest()
     cached_path = _json_cache(cache_root, "estimates", key)
     hit = _cached_json(cached_path)
     if hit is not None:
-        return {**hit, "artifact": artifact.path, "cached": True}
+        return {**hit, "artifact": artifact.path, "cached": True}, None
     from mobilekit.estimation import estimate
 
     model = loaded()
@@ -142,42 +102,57 @@ def _estimate(artifact: Artifact, target: str, loaded: Any, entry: ModelEntry,
                        precision=artifact.precision)
     except ConfigError as exc:  # e.g. the profile lacks the peak this unit and precision need
         logger.warning("no estimate of %s on %s: %s", artifact.path, target, exc)
-        return None
+        return None, f"no estimate for {target}: {exc.message}"
     data = est.to_dict()
     data["model"] = entry.name
     write_json_atomic(cached_path, data)
-    return {**data, "artifact": artifact.path, "cached": False}
+    return {**data, "artifact": artifact.path, "cached": False}, None
 
 
-def _check(entry: ModelEntry, artifact: Artifact, budgets: Budgets, reports: list[dict[str, Any]],
-           estimates: list[dict[str, Any]]) -> list[BudgetCheck]:
-    """Apply the model's budgets to one artifact: size, parity, host p50 and each target's estimate."""
-    checks = []
+def _check(entry: ModelEntry, artifact: Artifact, budget: Budget, report: dict[str, Any] | None,
+           estimates: dict[str, dict[str, Any]], errors: dict[str, str]) -> list[BudgetCheck]:
+    """Every configured limit on one artifact: size, parity, host latency and memory, each target's estimate.
 
-    def add(metric: str, limit: float | None, value: float | None, source: str, floor: bool = False) -> None:
+    A limit whose value is missing becomes an ``error`` check with the reason from ``errors``
+    (keyed ``host`` or the target name), never a silent omission.
+    """
+    label = f"{entry.name}/{artifact.path}"
+    path, stat = artifact.path, budget.stat
+    checks: list[BudgetCheck] = []
+    if budget.size_mb is not None:
+        checks.append(evaluate(f"{label} (file)", path, "artifact_size_mb", budget.size_mb,
+                               artifact.size_bytes / 2**20, kind="size", source="file", unit="MiB"))
+    p = artifact.parity
+    for metric, limit, value in (("min_cosine", budget.min_cosine, p.cosine), ("min_psnr_db", budget.min_psnr_db,
+                                                                               p.psnr_db)):
+        if limit is not None:
+            checks.append(evaluate(f"{label} (parity vs PyTorch)", path, metric, limit,
+                                   None if p.status == "not-run" else value, kind="parity", source="parity",
+                                   floor=True, missing=f"parity was not run: {p.reason}"))
+    host_runs = (artifact.format, artifact.delegate) in HOST_FORMATS
+    if host_runs:
+        where = f"{label} (this host, measured)"
+        missing = errors.get("host", "not measured")
+        if budget.host_ms is not None:
+            checks.append(evaluate(where, path, f"latency_{stat}_ms", budget.host_ms,
+                                   None if report is None else report.get(f"{stat}_ms"), kind="host",
+                                   source="host", unit="ms", missing=missing))
+        if budget.memory_mb is not None:
+            checks.append(evaluate(where, path, "memory_delta_mb", budget.memory_mb,
+                                   None if report is None else report.get("memory_delta_mb"), kind="memory",
+                                   source="host", unit="MiB",
+                                   missing=missing if report is None else "the runtime does not report peak memory"))
+    for target in artifact.targets:
+        limit = budget.phone_limit(target)
         if limit is None:
-            return
-        label = f"{entry.name}/{artifact.path} ({source})"
-        if value is None:
-            checks.append(BudgetCheck(report=label, artifact=artifact.path, metric=metric, limit=limit, value=None,
-                                      status="skipped", message=f"{label}: {metric} not available"))
-            return
-        failed = value < limit if floor else value > limit
-        relation = ("<" if failed else ">=") if floor else (">" if failed else "<=")
-        checks.append(BudgetCheck(report=label, artifact=artifact.path, metric=metric, limit=limit,
-                                  value=round(value, 6), status="fail" if failed else "pass",
-                                  message=f"{label}: {metric} {value:.4g} {relation} {limit:g}"))
-
-    add("artifact_size_mb", budgets.size_mb, artifact.size_bytes / 2**20, "file")
-    if artifact.parity.status != "not-run":
-        add("min_cosine", budgets.min_cosine, artifact.parity.cosine, "parity", floor=True)
-        add("min_psnr_db", budgets.min_psnr_db, artifact.parity.psnr_db, "parity", floor=True)
-    for r in reports:
-        if r["artifact"] == artifact.path:
-            add("latency_p50_ms", budgets.latency_ms, r["p50_ms"], "host")
-    for e in estimates:
-        if e["artifact"] == artifact.path:
-            add("latency_p50_ms", budgets.latency_ms, e["ms"], f"estimate {e['target']}")
+            continue
+        est = estimates.get(target)
+        # an estimate prices one number (its median); a p90/p99 limit is checked against its high end
+        value = None if est is None else est["ms"] if stat in ("p50", "mean") else est.get("high_ms")
+        base = ", base architecture" if artifact.adapter else ""
+        checks.append(evaluate(f"{label} ({target}, estimate{base})", path, f"latency_{stat}_ms", limit, value,
+                               kind="phone", source="estimate", unit="ms", target=target,
+                               missing=errors.get(target, "not estimated")))
     return checks
 
 
@@ -199,7 +174,8 @@ def build(config: BuildConfig | str | Path, *, on_progress: ProgressFn | None = 
 
     Raises:
         ConfigError: the config is invalid (names the key and line).
-        BudgetError: is not raised; check ``result.ok`` (the CLI turns failures into a non-zero exit).
+        BudgetError: is not raised; check ``result.ok`` (the CLI turns failures, and checks that could
+            not be evaluated, into a non-zero exit).
 
     Example:
         >>> result = build("mobilekit.toml")  # doctest: +SKIP
@@ -243,31 +219,39 @@ def build(config: BuildConfig | str | Path, *, on_progress: ProgressFn | None = 
             manifest = export_with_adapters(spec, entry, out_dir=out, cache_dir=config.cache_dir,
                                             workers=config.workers)
         else:
+            cal = (spec.load_batches(entry.calibration, "calibration") if entry.calibration
+                   else spec.calibration or None)
+            held = spec.load_batches(entry.parity_inputs, "parity inputs") if entry.parity_inputs else None
             manifest = export(spec.model, spec.example_inputs, targets=list(entry.targets), out_dir=out,
                               precision=list(entry.precisions) or None, formats=list(entry.formats) or None,
-                              calibration=spec.calibration or None, cache_dir=config.cache_dir,
+                              calibration=cal, parity_inputs=held, parity_samples=config.parity_samples,
+                              cache_dir=config.cache_dir,
                               workers=config.workers, model_name=entry.name,
                               input_names=spec.input_names or None, adapter_policy=entry.adapter_policy)
         manifests[entry.name] = manifest
         exported += sum(not a.cached for a in manifest.artifacts)
-        model_reports, model_estimates = [], []
         for a in manifest.artifacts:
+            errors: dict[str, str] = {}
+            report = None
             if config.measure:
                 progress(f"measure {a.path}", i, total)
-                r = _measure(a, manifest, entry, config, cache_root)
-                if r is not None:
-                    model_reports.append(r)
-            if config.estimate and a.adapter is None:
+                report, why = _measure(a, manifest, entry, config, cache_root)
+                if report is not None:
+                    reports.append(report)
+                elif why:
+                    errors["host"] = why
+            by_target: dict[str, dict[str, Any]] = {}
+            if config.estimate:
                 for t in a.targets:
-                    e = _estimate(a, t, loaded, entry, cache_root)
+                    e, why = _estimate(a, t, loaded, entry, cache_root)
                     if e is not None:
-                        model_estimates.append(e)
-        for a in manifest.artifacts:
-            checks.extend(_check(entry, a, entry.budgets, model_reports, model_estimates))
-        reports.extend(model_reports)
-        estimates.extend(model_estimates)
+                        by_target[t] = e
+                        estimates.append(e)
+                    else:
+                        errors[t] = why or "not estimated"
+            checks.extend(_check(entry, a, entry.budgets, report, by_target, errors))
     result = BuildResult(config=str(config.path), out=config.out, manifests=manifests, reports=reports,
-                         estimates=estimates, checks=checks, exported=exported,
+                         estimates=estimates, checks=checks, allow_errors=config.allow_errors, exported=exported,
                          seconds=time.perf_counter() - start)
     outputs = _write_reports(result)
     result = BuildResult(**{**result.__dict__, "outputs": outputs, "seconds": time.perf_counter() - start})
@@ -279,16 +263,14 @@ def build(config: BuildConfig | str | Path, *, on_progress: ProgressFn | None = 
 
 def _write_reports(result: BuildResult) -> dict[str, str]:
     """Write ``report.md`` and ``report.html`` next to ``build.json``."""
-    from mobilekit.reporting import build_html, build_markdown
-
     md = write_text_atomic(result.out / "report.md", build_markdown(result))
     html = write_text_atomic(result.out / "report.html", build_html(result))
     return {"build": "build.json", "markdown": md.name, "html": html.name}
 
 
 def raise_for_budgets(result: BuildResult) -> None:
-    """Raise BudgetError summarising every failed budget (for callers that want an exception)."""
+    """Raise BudgetError summarising every failed or unevaluable check (for callers that want an exception)."""
     if result.ok:
         return
-    raise BudgetError(f"{len(result.failures)} budget(s) exceeded: " + "; ".join(c.message for c in result.failures),
+    raise BudgetError(f"{result.verdict()}: " + "; ".join(c.message for c in result.failures),
                       where=result.config, fix="raise the budget in the config, or choose a smaller model or precision")

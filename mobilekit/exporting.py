@@ -34,7 +34,8 @@ from mobilekit._io import copy_atomic, ensure_writable_dir
 from mobilekit.artifact import Artifact, Manifest, TensorSpec, sha256_of, size_of
 from mobilekit.cache import ExportCache, cache_key, inputs_fingerprint, model_fingerprint
 from mobilekit.errors import ConfigError, ExportError, MobilekitError, ParityError, RuntimeCrashError
-from mobilekit.parity import Parity, compare, tolerance_for
+from mobilekit.inputs import CALIBRATION_SEED, PARITY_SEED, held_out_inputs, same_batch
+from mobilekit.parity import Parity, compare_many, tolerance_for
 from mobilekit.plan import plan_exports
 from mobilekit.recipe import Recipe
 
@@ -107,10 +108,11 @@ def _convert(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], r
                           fix="run with MOBILEKIT_DEBUG=1 for the traceback, or choose another recipe") from exc
 
 
-def _verify(path: Path, recipe: Recipe, example_inputs: tuple[torch.Tensor, ...], reference: list[np.ndarray],
-            tolerances: Mapping[str, Mapping[str, float]] | None, extra: Sequence[Path]) -> Parity:
-    """Run the artifact with its real runtime in a child process and compare with PyTorch."""
-    from mobilekit.runtime import run_artifact
+def _verify(path: Path, recipe: Recipe, feeds: Sequence[tuple[torch.Tensor, ...]],
+            references: Sequence[list[np.ndarray]], tolerances: Mapping[str, Mapping[str, float]] | None,
+            extra: Sequence[Path]) -> Parity:
+    """Run the artifact on every parity input with its real runtime in a child process; compare with PyTorch."""
+    from mobilekit.runtime import run_artifact_many
 
     tol = tolerance_for(recipe.precision, tolerances)
     if recipe.format == "coreml" or recipe.delegate == "coreml":
@@ -132,20 +134,20 @@ def _verify(path: Path, recipe: Recipe, example_inputs: tuple[torch.Tensor, ...]
     ptd = [p for p in extra if p.suffix == ".ptd"]
     if ptd:
         options["data_path"] = str(ptd[0])
-    inputs = [t.detach().numpy() for t in example_inputs]
     try:
-        outputs = run_artifact(path, inputs, **options)
+        outputs = run_artifact_many(path, [[t.detach().numpy() for t in feed] for feed in feeds], **options)
     except RuntimeCrashError as exc:
         raise ExportError(f"the {recipe.name} artifact failed in its runtime during the parity check: {exc.message}",
                           where=recipe.name, fix="choose another precision or format for this model, or pass "
                           "--no-verify to keep the artifact unchecked") from exc
     from mobilekit.runtime.runners import runtime_name
 
-    return compare(reference, outputs, tolerance=tol, runtime=runtime_name(path))
+    return compare_many(references, outputs, tolerance=tol, runtime=runtime_name(path))
 
 
 def _build_one(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], recipe: Recipe, workdir: Path,
-               calibration: list[tuple[torch.Tensor, ...]] | None, reference: list[np.ndarray], verify: bool,
+               calibration: list[tuple[torch.Tensor, ...]] | None, feeds: Sequence[tuple[torch.Tensor, ...]],
+               references: Sequence[list[np.ndarray]], verify: bool,
                tolerances: Mapping[str, Mapping[str, float]] | None,
                options: dict[str, Any]) -> dict[str, Any]:
     """Convert and verify one recipe inside ``workdir``; return the cache record. Runs in a worker too."""
@@ -156,7 +158,7 @@ def _build_one(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...],
     if not main.exists():
         raise ExportError(f"the {recipe.format} converter wrote no {result.filename}", where=recipe.name)
     t0 = time.perf_counter()
-    parity = (_verify(main, recipe, example_inputs, reference, tolerances, extra) if verify
+    parity = (_verify(main, recipe, feeds, references, tolerances, extra) if verify
               else Parity.not_run("not run: --no-verify"))
     stages = dict(result.stages)
     stages["validate"] = time.perf_counter() - t0
@@ -173,7 +175,8 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
            tolerances: Mapping[str, Mapping[str, float]] | None = None, use_cache: bool = True,
            cache_dir: str | Path | None = None, workers: int = 1, model_name: str | None = None,
            input_names: Sequence[str] | None = None, adapter_policy: str = "fuse",
-           converter_options: Mapping[str, Any] | None = None, on_progress: ProgressFn | None = None) -> Manifest:
+           converter_options: Mapping[str, Any] | None = None, on_progress: ProgressFn | None = None,
+           parity_inputs: Sequence[Sequence[torch.Tensor]] | None = None, parity_samples: int = 4) -> Manifest:
     """Export ``model`` for each target and return the manifest written to ``out_dir/manifest.json``.
 
     Args:
@@ -185,7 +188,8 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
             first int8 variant each format builds), or a list of them (each is built); None: each target's
             default recipe's precision.
         formats: formats to build for every target; None: each target's default recipe only.
-        calibration: input batches for ``int8-static`` (default: the example inputs alone).
+        calibration: input batches for ``int8-static`` (default: 8 batches synthesized like the example
+            inputs from seeds the parity inputs don't use). Must not contain a parity input.
         verify: run every artifact with its runtime and fail when out of tolerance.
         tolerances: per-precision overrides, e.g. ``{"int8-static": {"cosine": 0.9}}``.
         use_cache: serve unchanged exports from the content-addressed cache.
@@ -196,6 +200,9 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
         adapter_policy: ``fuse`` or ``separate``.
         converter_options: keyword options passed to every converter (e.g. ``external_weights``).
         on_progress: ``on_progress(stage, done, total)`` callback.
+        parity_inputs: input batches the artifacts are compared on, besides the example inputs
+            (default: ``parity_samples - 1`` held-out batches like the example inputs).
+        parity_samples: how many inputs parity compares when ``parity_inputs`` is None (>= 1).
 
     Returns:
         The Manifest (also written as ``out_dir/manifest.json``).
@@ -248,10 +255,22 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
                           f"{(str(exc).splitlines() or [''])[0]}", where=name,
                           fix="make forward traceable (no data-dependent control flow) or wrap it") from exc
 
+    feeds, references = _parity_feeds(model, example, reference, parity_inputs, parity_samples)
     cal = [tuple(b) for b in calibration] if calibration else None
+    if cal is None and any(p.recipe.precision == "int8-static" for p in plans):
+        # never the example inputs: int8 scales fitted on the parity inputs would make parity in-sample
+        cal = held_out_inputs(example, 8, seed=CALIBRATION_SEED)
+    elif cal is not None:
+        for b, batch in enumerate(cal):
+            for j, feed in enumerate(feeds):
+                if same_batch(batch, feed):
+                    raise ConfigError(f"calibration batch {b} is also parity input {j}: its parity would be "
+                                      "in-sample", where="calibration",
+                                      fix="calibrate on data the parity check does not use (other samples)")
     toolchain = toolchain_versions()
     model_fp = model_fingerprint(model, graph_code)
     inputs_fp = inputs_fingerprint(example, cal)
+    options_fp = {"parity_inputs": inputs_fingerprint(example, feeds)}
     options = dict(converter_options or {})
     cache = ExportCache(Path(cache_dir) if cache_dir else None)
 
@@ -259,7 +278,7 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
     to_build = []
     for i, plan in enumerate(plans):
         plan.key = cache_key(model_fp, inputs_fp, plan.recipe.to_dict(), toolchain,
-                             {**options, "verify": verify, "tolerances": tolerances,
+                             {**options, **options_fp, "verify": verify, "tolerances": tolerances,
                               "converter": _converter_fingerprint(plan.recipe.format)})
         hit = cache.lookup(plan.key) if use_cache else None
         if hit is not None and sha256_of(cache.entry(plan.key) / hit["filename"]) != hit["sha256"]:
@@ -289,7 +308,7 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
             jobs = {}
             for i in to_build:
                 wd = cache.new_workdir()
-                jobs[pool.submit(_build_one, model, example, plans[i].recipe, wd, cal, reference, verify,
+                jobs[pool.submit(_build_one, model, example, plans[i].recipe, wd, cal, feeds, references, verify,
                                  tolerances, options)] = (i, wd)
             for fut in cf.as_completed(jobs):
                 i, wd = jobs[fut]
@@ -305,8 +324,8 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
             progress(plans[i].recipe.name, done, total)
             wd = cache.new_workdir()
             try:
-                finish(i, _build_one(model, example, plans[i].recipe, wd, cal, reference, verify, tolerances,
-                                     options), wd)
+                finish(i, _build_one(model, example, plans[i].recipe, wd, cal, feeds, references, verify,
+                                     tolerances, options), wd)
             except BaseException:
                 shutil.rmtree(wd, ignore_errors=True)
                 raise
@@ -354,6 +373,33 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
     manifest.write(out)
     progress("done", total, total)
     return manifest
+
+
+def _parity_feeds(model: torch.nn.Module, example: tuple[torch.Tensor, ...], reference: list[np.ndarray],
+                  parity_inputs: Sequence[Sequence[torch.Tensor]] | None,
+                  samples: int) -> tuple[list[tuple[torch.Tensor, ...]], list[list[np.ndarray]]]:
+    """The inputs parity compares (the example first) and PyTorch's outputs on each."""
+    if parity_inputs is None and (not isinstance(samples, int) or samples < 1):
+        raise ConfigError(f"parity_samples must be an integer >= 1, got {samples!r}", where="parity_samples")
+    extra = ([tuple(b) for b in parity_inputs] if parity_inputs is not None
+             else held_out_inputs(example, samples - 1, seed=PARITY_SEED))
+    feeds, references = [example], [reference]
+    for j, feed in enumerate(extra, 1):
+        if len(feed) != len(example) or any(a.shape != b.shape or a.dtype != b.dtype for a, b in zip(feed, example)):
+            got = ", ".join(f"{tuple(t.shape)}:{_dtype_name(t.dtype)}" for t in feed)
+            raise ConfigError(f"parity input {j} ({got}) does not match the example inputs' shapes and dtypes",
+                              where="parity_inputs", fix="give every parity batch the example inputs' shapes")
+        try:
+            with torch.no_grad():
+                out = _flatten_outputs(model(*feed))
+        except Exception as exc:
+            raise ConfigError(f"the model rejects parity input {j}: {type(exc).__name__}: "
+                              f"{(str(exc).splitlines() or [''])[0]}", where="parity_inputs",
+                              fix="pass parity inputs the model accepts (--parity-inputs FILE), or "
+                                  "parity_samples=1 to check the example inputs only") from exc
+        feeds.append(feed)
+        references.append([t.detach().float().numpy() for t in out])
+    return feeds, references
 
 
 def _check_fits(model: torch.nn.Module, plans: Sequence[Any]) -> None:

@@ -22,7 +22,7 @@ DEFAULT_TOLERANCES: dict[str, dict[str, float]] = {
 
 @dataclass(frozen=True, kw_only=True)
 class Parity:
-    """Agreement of one artifact with PyTorch on the example inputs.
+    """Agreement of one artifact with PyTorch, over every parity input (the worst input counts).
 
     Attributes:
         status: ``pass``, ``fail`` or ``not-run``.
@@ -33,6 +33,9 @@ class Parity:
         psnr_db: peak signal-to-noise ratio in dB, peak = the reference's range.
         tolerance: the floors applied (``cosine``, ``psnr_db``).
         reason: why it was not run, or what failed.
+        inputs: how many inputs were compared (the example inputs and held-out ones).
+        worst_input: index of the input with the lowest cosine (0: the example inputs).
+        held_out: True when inputs other than the example inputs were compared (out-of-sample).
     """
 
     status: str
@@ -43,6 +46,9 @@ class Parity:
     psnr_db: float | None = None
     tolerance: dict[str, float] = field(default_factory=dict)
     reason: str | None = None
+    inputs: int = 1
+    worst_input: int | None = None
+    held_out: bool = False
 
     @property
     def passed(self) -> bool:
@@ -105,3 +111,30 @@ def compare(reference: Sequence[np.ndarray], actual: Sequence[np.ndarray], *, to
                   tolerance=dict(tolerance),
                   reason=None if ok else f"cosine {cosine:.6f} (floor {tolerance['cosine']}), "
                                          f"PSNR {psnr:.1f} dB (floor {tolerance['psnr_db']})")
+
+
+def compare_many(references: Sequence[Sequence[np.ndarray]], actuals: Sequence[Sequence[np.ndarray]], *,
+                 tolerance: Mapping[str, float], runtime: str) -> Parity:
+    """``compare`` on every input; the artifact is as good as its worst input.
+
+    Cosine and PSNR are the lowest over the inputs, max error the largest, mean error the mean;
+    the reason names the first input out of tolerance.
+    """
+    each = [compare(r, a, tolerance=tolerance, runtime=runtime) for r, a in zip(references, actuals, strict=True)]
+    if len(each) == 1:
+        return each[0]
+    failed = [i for i, p in enumerate(each) if p.status == "fail"]
+    if any(p.cosine is None for p in each):  # a structural mismatch (output count or shape)
+        i = failed[0]
+        return Parity(**{**each[i].to_dict(), "inputs": len(each), "worst_input": i, "held_out": True,
+                         "reason": f"input {i}: {each[i].reason}"})
+    worst = min(range(len(each)), key=lambda i: (each[i].cosine, each[i].psnr_db))
+    reason = None
+    if failed:
+        i = failed[0]
+        reason = f"input {i} of {len(each)}: {each[i].reason}"
+    return Parity(status="fail" if failed else "pass", runtime=runtime,
+                  max_abs_error=max(p.max_abs_error for p in each),
+                  mean_abs_error=float(np.mean([p.mean_abs_error for p in each])),
+                  cosine=min(p.cosine for p in each), psnr_db=min(p.psnr_db for p in each),
+                  tolerance=dict(tolerance), reason=reason, inputs=len(each), worst_input=worst, held_out=True)

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import html as _html
-from typing import TYPE_CHECKING
-
+from mobilekit.build_result import BuildResult
 from mobilekit.profiling.html import render_html
 from mobilekit.profiling.markdown import render_markdown
 from mobilekit.profiling.report import LatencyReport
-
-if TYPE_CHECKING:
-    from mobilekit.building import BuildResult
 
 
 def _reports(result: BuildResult) -> list[LatencyReport]:
@@ -48,8 +44,7 @@ ARTIFACT_COLUMNS = ["model", "artifact", "recipe", "targets", "size", "parity vs
 
 def build_markdown(result: BuildResult) -> str:
     """The build as Markdown: verdict, artifacts, then measurements, estimates and budgets."""
-    verdict = "all budgets met" if result.ok else f"{len(result.failures)} budget(s) exceeded"
-    lines = [f"# mobilekit build: {verdict}", "",
+    lines = [f"# mobilekit build: {result.verdict()}", "",
              f"{sum(len(m.artifacts) for m in result.manifests.values())} artifact(s), {result.exported} built, "
              f"the rest from the cache; {result.seconds:.1f} s.", "",
              "| " + " | ".join(ARTIFACT_COLUMNS) + " |", "|" + "---|" * len(ARTIFACT_COLUMNS)]
@@ -61,13 +56,11 @@ def build_markdown(result: BuildResult) -> str:
 
 def build_html(result: BuildResult) -> str:
     """The build as one self-contained HTML page with charts (no network access needed)."""
-    page = render_html(_reports(result), estimates=result.estimates, checks=result.checks,
-                       title="mobilekit build report")
-    verdict = "all budgets met" if result.ok else f"{len(result.failures)} budget(s) exceeded"
     head = "".join(f"<th>{_html.escape(c)}</th>" for c in ARTIFACT_COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{_html.escape(c)}</td>" for c in row) + "</tr>"
                    for row in artifact_rows(result))
-    section = (f"<p><b>{_html.escape(verdict)}</b> — {result.exported} artifact(s) built, the rest from the cache, "
-               f"{result.seconds:.1f} s.</p><h2>Artifacts</h2><table><tr>{head}</tr>{body}</table>")
-    marker = "</h1>"
-    return page.replace(marker, marker + section, 1) if marker in page else page
+    lead = (f"<p><b class=\"st-{'pass' if result.ok else 'fail'}\">{_html.escape(result.verdict())}</b> — "
+            f"{result.exported} artifact(s) built, the rest from the cache, {result.seconds:.1f} s.</p>"
+            f"<h2>Artifacts</h2><table><tr>{head}</tr>{body}</table>")
+    return render_html(_reports(result), estimates=result.estimates, checks=result.checks,
+                       title="mobilekit build report", lead=lead)

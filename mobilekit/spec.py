@@ -14,10 +14,10 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from mobilekit.inputs import random_inputs
 from mobilekit.errors import ConfigError
 
 
@@ -30,6 +30,18 @@ class LoadedSpec:
     example_inputs: tuple[torch.Tensor, ...]
     calibration: list[tuple[torch.Tensor, ...]] = field(default_factory=list)
     input_names: tuple[str, ...] = ()
+
+    def names(self) -> list[str]:
+        """The inputs' names: the spec's own, else forward's parameter names."""
+        from converters._torch_common import input_names_of
+
+        return list(self.input_names) or input_names_of(self.model, len(self.example_inputs))
+
+    def load_batches(self, path: str | Path, what: str) -> list[tuple[torch.Tensor, ...]]:
+        """Input batches for this model from a ``.npz``/``.safetensors`` file (see ``mobilekit.inputs``)."""
+        from mobilekit.inputs import load_batches
+
+        return load_batches(path, self.names(), self.example_inputs, what=what)
 
 
 _SHAPE = re.compile(r"^(?:(?P<name>[A-Za-z_][\w]*)=)?(?P<shape>\d+(?:x\d+)*)(?::(?P<dtype>\w+))?$")
@@ -52,13 +64,6 @@ def parse_input(text: str) -> tuple[str | None, tuple[int, ...], torch.dtype]:
     if dtype_name not in _DTYPES:
         raise ConfigError(f"unknown dtype {dtype_name!r} in {text!r}", where="--input", fix=f"known: {sorted(_DTYPES)}")
     return m.group("name"), tuple(int(d) for d in m.group("shape").split("x")), _DTYPES[dtype_name]
-
-
-def _example(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    if dtype.is_floating_point:
-        return torch.randn(*shape, generator=g, dtype=dtype)
-    return torch.randint(0, 10, shape, generator=g, dtype=dtype)
 
 
 def _load_function(spec: str) -> LoadedSpec:
@@ -112,7 +117,9 @@ def _load_diffusers_folder(folder: Path, inputs: list[str]) -> LoadedSpec:
                           fix="add --input for each forward argument, e.g. --input latents=1x4x32x32 "
                               "--input timestep=1:int64 --input class_labels=1:int64")
     parsed = [parse_input(t) for t in inputs]
-    example = tuple(_example(shape, dtype, i) for i, (_, shape, dtype) in enumerate(parsed))
+    # integers in [0, 10): timesteps and class labels a diffusers model accepts without a vocabulary check
+    example = tuple(torch.from_numpy(a) for a in random_inputs([(shape, dtype) for _, shape, dtype in parsed],
+                                                                 int_high=10))
     names = tuple(n or f"input_{i}" for i, (n, _, _) in enumerate(parsed))
     wrapped = _PositionalDiffusers(model, names)
     return LoadedSpec(folder.name, wrapped.eval(), example, input_names=names)

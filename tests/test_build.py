@@ -40,7 +40,8 @@ max_seconds = 0.2
 cache_dir = "cache"
 
 [budgets]
-latency_ms = {latency}
+host_latency_ms = {latency}
+phone_latency_ms = {latency}
 size_mb = 5
 
 [models.conv]
@@ -75,6 +76,11 @@ def test_build_then_rebuild_nothing_then_only_the_changed_model(project):
     assert {r["artifact"] for r in first.reports} == {a.path for m in first.manifests.values() for a in m.artifacts}
     assert {e["target"] for e in first.estimates} == {"pixel-8", "iphone-15-pro"}
     assert {c.metric for c in first.checks} == {"artifact_size_mb", "latency_p50_ms"}
+    # every artifact: one size check, one host check, one estimate check per target; each says its source
+    assert len(first.checks) == 3 * (1 + 1 + 2) and all(c.status == "pass" for c in first.checks)
+    assert {(c.kind, c.source, c.target) for c in first.checks if c.kind in ("host", "phone")} == {
+        ("host", "host", None), ("phone", "estimate", "pixel-8"), ("phone", "estimate", "iphone-15-pro")}
+    assert all(r["target"] is None and r["source"] == "host" for r in first.reports)  # not labelled as a phone
 
     _reload_models()
     second = build(project / "mobilekit.toml")
@@ -115,3 +121,65 @@ def test_xcode_build_phase_copies_ios_artifacts(project, tmp_path):
     copied = sorted(p.name for p in (bundle / "App.app" / "models").iterdir())
     assert "conv-manifest.json" in copied and any(n.startswith("conv-onnx-fp32") for n in copied)
     assert (derived / "mobilekit.stamp").exists()
+
+
+def _fail_estimates(monkeypatch):
+    import mobilekit.estimation as estimation
+    from mobilekit.errors import ConfigError
+
+    def broken(*args, **kwargs):
+        raise ConfigError("profile pixel-8 has no int8 NPU peak", where="pixel-8")
+
+    monkeypatch.setattr(estimation, "estimate", broken)
+
+
+def test_a_failed_estimate_is_an_error_check_that_fails_the_build_and_junit(project, monkeypatch):
+    from typer.testing import CliRunner
+
+    from mobilekit.cli.main import app
+
+    _reload_models()
+    _fail_estimates(monkeypatch)
+    junit = project / "junit.xml"
+    res = CliRunner().invoke(app, ["build", "--junit", str(junit)])
+    assert res.exit_code == 7, res.output
+    data = json.loads((project / "build" / "mobilekit" / "build.json").read_text())
+    errors = [c for c in data["checks"] if c["status"] == "error"]
+    assert data["ok"] is False and len(errors) == 3 * 2  # every artifact × both targets
+    assert all("no int8 NPU peak" in c["message"] and c["kind"] == "phone" for c in errors)
+    assert "could not be evaluated" in data["verdict"]
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite.get("errors") == "6" and suite.get("failures") == "0"
+    assert all(c.find("error") is not None for c in suite.findall("testcase") if "estimate" in c.get("classname"))
+    md = (project / "build" / "mobilekit" / "report.md").read_text()
+    assert "⚠️ error" in md and "no int8 NPU peak" in md
+    html = (project / "build" / "mobilekit" / "report.html").read_text()
+    assert html.count('class="st-error"') == 6 and html.index("Artifacts") < html.index("Budgets")
+
+
+def test_allowed_errors_keep_the_build_green_but_stay_in_the_report(project, monkeypatch):
+    text = (project / "mobilekit.toml").read_text().replace('cache_dir = "cache"',
+                                                            'cache_dir = "cache"\nallow_errors = ["phone"]')
+    (project / "mobilekit.toml").write_text(text)
+    _reload_models()
+    _fail_estimates(monkeypatch)
+    result = build(project / "mobilekit.toml")
+    assert result.ok and "6 allowed error(s)" in result.verdict()
+    assert sum(c.status == "error" for c in result.checks) == 6
+
+
+def test_a_failed_host_measurement_is_an_error_check(project, monkeypatch):
+    import mobilekit.profiling.host as host
+    from mobilekit.errors import RuntimeCrashError
+
+    def crash(*args, **kwargs):
+        raise RuntimeCrashError("onnxruntime exited with signal 11", where="conv.onnx")
+
+    _reload_models()
+    monkeypatch.setattr(host, "profile", crash)
+    (project / "mobilekit.toml").write_text(CONFIG.format(latency=1000).replace('cache_dir = "cache"',
+                                                                                 'cache_dir = "cache2"'))
+    result = build(project / "mobilekit.toml")
+    host_checks = [c for c in result.checks if c.kind == "host"]
+    assert not result.ok and len(host_checks) == 3
+    assert all(c.status == "error" and "signal 11" in c.message for c in host_checks)

@@ -11,7 +11,8 @@ targets = ["iphone-15-pro", "pixel-8"]
 precisions = ["fp32", "int8"]
 
 [budgets]
-latency_ms = 50
+host_latency_ms = 50
+phone_latency_ms = { pixel-8 = 40, iphone-15-pro = 25 }
 size_mb = 4
 
 [models.dit]
@@ -20,7 +21,7 @@ spec = "builtin:dit-tiny"
 [models.gan]
 spec = "builtin:gan-tiny"
 formats = ["tflite"]
-budgets = { latency_ms = 10 }
+budgets = { phone_latency_ms = 10 }
 """
 
 
@@ -34,7 +35,11 @@ def test_good_config(tmp_path):
     cfg = load_build_config(_write(tmp_path, GOOD))
     dit, gan = cfg.models
     assert dit.targets == ("iphone-15-pro", "pixel-8") and dit.precisions == ("fp32", "int8")
-    assert gan.formats == ("tflite",) and gan.budgets.latency_ms == 10 and gan.budgets.size_mb == 4
+    assert gan.formats == ("tflite",) and gan.budgets.size_mb == 4
+    # the model's plain phone limit replaces the global one; per-target overrides still win
+    assert gan.budgets.phone_ms == 10 and gan.budgets.host_ms == 50
+    assert dit.budgets.phone_limit("pixel-8") == 40 and dit.budgets.phone_limit("iphone-15-pro") == 25
+    assert dit.budgets.phone_limit("galaxy-s24") is None and not cfg.allow_errors
     assert cfg.out == (tmp_path / "build" / "mobilekit").resolve()
 
 
@@ -48,12 +53,19 @@ def test_pyproject_table(tmp_path):
 
 
 @pytest.mark.parametrize("old, new, needle, line", [
-    ('spec = "builtin:gan-tiny"', 'spec = "builtin:gan-tiny"\nprecison = ["fp32"]', "unknown key 'precison' in [models.gan]", 15),
-    ('latency_ms = 50', 'latency_ms = 50\nlatnecy = 3', "unknown key 'latnecy' in [budgets]", 8),
+    ('spec = "builtin:gan-tiny"', 'spec = "builtin:gan-tiny"\nprecison = ["fp32"]', "unknown key 'precison' in [models.gan]", 16),
+    ('host_latency_ms = 50', 'host_latency_ms = 50\nlatnecy = 3', "unknown key 'latnecy' in [budgets]", 8),
+    ('host_latency_ms = 50', 'latency_ms = 50', "latency_ms in [budgets] is ambiguous", 7),
+    ('pixel-8 = 40', 'pixle-8 = 40', "unknown target 'pixle-8'", 8),
+    ('size_mb = 4', 'size_mb = 4\nlatency_stat = "p42"', "unknown latency statistic 'p42'", 10),
     ('"pixel-8"]', '"pixle-8"]', "unknown target 'pixle-8'", 3),
     ('"int8"]', '"int9"]', "unknown precision 'int9' in [build]", 4),
-    ('formats = ["tflite"]', 'formats = ["tflight"]', "unknown format 'tflight' in [models.gan]", 15),
-    ('size_mb = 4', 'size_mb = -4', "size_mb in [budgets] must be a number >= 0", 8),
+    ('formats = ["tflite"]', 'formats = ["tflight"]', "unknown format 'tflight' in [models.gan]", 16),
+    ('size_mb = 4', 'size_mb = -4', "size_mb in [budgets] must be a number >= 0", 9),
+    ('precisions = ["fp32", "int8"]', 'precisions = ["fp32", "int8"]\nallow_errors = ["latency"]',
+     "unknown allow_error 'latency' in [build]", 5),
+    ('precisions = ["fp32", "int8"]', 'precisions = ["fp32", "int8"]\nmeasure = false',
+     "models.dit has host_latency_ms but [build] measure = false", 5),
 ])
 def test_bad_values_name_key_and_line(tmp_path, old, new, needle, line):
     path = _write(tmp_path, GOOD.replace(old, new, 1))

@@ -50,25 +50,6 @@ def parse_tolerances(items: list[str]) -> dict[str, dict[str, float]]:
     return out
 
 
-def load_calibration(path: Path, n_inputs: int) -> list[tuple[Any, ...]]:
-    """Read calibration batches from an .npz holding ``input_0..input_{n-1}`` stacked on axis 0."""
-    import numpy as np
-    import torch
-
-    try:
-        data = np.load(path)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read calibration file: {exc}", where=str(path),
-                          fix="pass an .npz with arrays input_0, input_1, … stacked along the first axis") from exc
-    keys = [f"input_{i}" for i in range(n_inputs)]
-    missing = [k for k in keys if k not in data.files]
-    if missing:
-        raise ConfigError(f"calibration file lacks {missing}", where=str(path),
-                          fix=f"it needs arrays {keys}, each stacked along the first axis")
-    count = data[keys[0]].shape[0]
-    return [tuple(torch.from_numpy(data[k][j:j + 1]) for k in keys) for j in range(count)]
-
-
 def register(app: typer.Typer) -> None:
     """Add ``mobilekit export`` to the CLI."""
 
@@ -80,9 +61,11 @@ def register(app: typer.Typer) -> None:
         format: Annotated[list[str] | None, typer.Option("--format", "-f", help="executorch, coreml, tflite, onnx (repeatable); default: each target's default recipe")] = None,
         precision: Annotated[str | None, typer.Option("--precision", "-p", help="fp32, fp16, int8-weight, int8-dynamic, int8-static, or int8 (the best int8 each format builds)")] = None,
         input: Annotated[list[str] | None, typer.Option("--input", help="input shape for a model folder: [name=]1x4x32x32[:dtype]")] = None,
-        calibration: Annotated[Path | None, typer.Option("--calibration", help=".npz of calibration batches for int8-static")] = None,
+        calibration: Annotated[Path | None, typer.Option("--calibration", help=".npz/.safetensors of calibration batches for int8-static (input name -> [N, *shape])")] = None,
+        parity_inputs: Annotated[Path | None, typer.Option("--parity-inputs", help=".npz/.safetensors of inputs parity is checked on, besides the example (input name -> [N, *shape])")] = None,
+        parity_samples: Annotated[int, typer.Option("--parity-samples", help="inputs parity compares when --parity-inputs is not given: the example and N-1 held-out ones")] = 4,
         tolerance: Annotated[list[str] | None, typer.Option("--tolerance", help="PRECISION:cosine=0.99 or PRECISION:psnr_db=30")] = None,
-        no_verify: Annotated[bool, typer.Option("--no-verify", help="don't fail on parity out of tolerance")] = False,
+        no_verify: Annotated[bool, typer.Option("--no-verify", help="skip the parity check entirely (artifacts are marked unverified)")] = False,
         no_cache: Annotated[bool, typer.Option("--no-cache", help="rebuild even when cached")] = False,
         workers: Annotated[int, typer.Option("--workers", help="parallel export processes")] = 1,
         json_out: Annotated[bool, typer.Option("--json", help="print the manifest as JSON on stdout")] = False,
@@ -94,7 +77,8 @@ def register(app: typer.Typer) -> None:
         from mobilekit.spec import load_spec
 
         loaded = load_spec(spec, inputs=input)
-        cal = load_calibration(calibration, len(loaded.example_inputs)) if calibration else (loaded.calibration or None)
+        cal = loaded.load_batches(calibration, "calibration") if calibration else (loaded.calibration or None)
+        held = loaded.load_batches(parity_inputs, "parity inputs") if parity_inputs else None
         plan = plan_exports(target, formats=format, precision=precision)
         for line in plan.describe():
             err_console().print(f"plan: {line}", highlight=False)
@@ -103,7 +87,7 @@ def register(app: typer.Typer) -> None:
                               formats=format, calibration=cal, verify=not no_verify,
                               tolerances=parse_tolerances(tolerance or []), use_cache=not no_cache, workers=workers,
                               model_name=loaded.name, input_names=loaded.input_names or None,
-                              on_progress=on_progress)
+                              on_progress=on_progress, parity_inputs=held, parity_samples=parity_samples)
         if json_out:
             print_json(manifest.to_dict())
         else:

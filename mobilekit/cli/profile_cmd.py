@@ -76,7 +76,9 @@ def profile_command(
         raise ConfigError("--device and --host exclude each other", where="--device", fix="pass one of them")
     if output_format not in ("human", "json"):
         raise ConfigError(f"unknown --format {output_format!r}", where="--format", fix="use human or json")
-    budget = Budget(max_ms=budget_ms, max_mb=budget_mb, max_memory_mb=budget_memory_mb, stat=budget_stat)
+    # --budget-ms gates whatever this run measures: this host, or the phone passed with --device
+    budget = Budget(host_ms=budget_ms, phone_ms=budget_ms, size_mb=budget_mb, memory_mb=budget_memory_mb,
+                    stat=budget_stat)
     ests = _load_estimates(estimates)
     reports: list[LatencyReport] = []
     if device:
@@ -127,7 +129,8 @@ def profile_command(
         print_table(f"latency ({devices})", ["artifact", "target", "runtime", "p50 ms", "95% CI ms", "p99 ms",
                                              "load ms", "peak MiB", "samples"], rows)
         for c in checks:
-            err_console().print(("[green]pass[/] " if c.passed else "[red]FAIL[/] ") + c.message, highlight=False)
+            mark = {"pass": "[green]pass[/] ", "fail": "[red]FAIL[/] ", "error": "[red]ERROR[/] "}[c.status]
+            err_console().print(mark + c.message, highlight=False)
     enforce(checks)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from mobilekit.errors import BackendUnavailableError, ConfigError, MobilekitError, RuntimeCrashError
+from mobilekit.inputs import random_inputs
 from mobilekit.profiling import per_op as _per_op
 from mobilekit.profiling.report import LatencyReport
 from mobilekit.profiling.stats import StoppingRule, summarize
@@ -51,14 +52,13 @@ def _import_runtime(runtime: str) -> None:
 
 
 def _rss_mb() -> float | None:
-    """Current resident memory of this process, MiB (Linux /proc; None elsewhere)."""
+    """Current resident memory of this process, MiB (psutil: Linux, macOS, Windows)."""
+    import psutil
+
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
+        return psutil.Process().memory_info().rss / 2**20
+    except psutil.Error:
+        return None
 
 
 def _reset_peak_rss() -> bool:
@@ -71,7 +71,11 @@ def _reset_peak_rss() -> bool:
 
 
 def _peak_rss_mb() -> float:
-    """Peak resident memory of this process, MiB (VmHWM, else getrusage)."""
+    """Peak resident memory of this process, MiB (VmHWM, else getrusage).
+
+    psutil has no resettable high-water mark, and the peak since ``_reset_peak_rss`` is what
+    isolates the model's own memory from the runtime's import, so Linux's VmHWM is read directly.
+    """
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -84,7 +88,6 @@ def _peak_rss_mb() -> float:
 
 def synthesize_inputs(runner: Any) -> list[np.ndarray]:
     """Inputs matching a loaded runner's declared input shapes: seeded normal floats, zero integers."""
-    rng = np.random.default_rng(0)
     specs: list[tuple[tuple[int, ...], Any]] = []
     runtime = getattr(runner, "runtime", "")
     if runtime == "onnxruntime":
@@ -107,11 +110,7 @@ def synthesize_inputs(runner: Any) -> list[np.ndarray]:
     else:
         raise ConfigError(f"cannot derive inputs for runtime {runtime!r}", where="inputs",
                           fix="pass the inputs explicitly")
-    out = []
-    for shape, dtype in specs:
-        dt = np.dtype(dtype)
-        out.append(rng.standard_normal(shape).astype(dt) if dt.kind == "f" else np.zeros(shape, dtype=dt))
-    return out
+    return random_inputs(specs)
 
 
 def _et_dtype(code: Any) -> Any:
@@ -212,7 +211,7 @@ def measure_job(job: dict[str, Any], inputs: list[np.ndarray],
 # --------------------------------------------------------------------------------------------- parent side
 
 def host_device() -> dict[str, Any]:
-    """Describe this host: CPU model name (from /proc/cpuinfo), OS, logical cores."""
+    """Describe this host: CPU model name (from /proc/cpuinfo), OS, cores, top clock and frequency governor."""
     name = None
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -230,18 +229,22 @@ def host_device() -> dict[str, Any]:
                                   timeout=5).stdout.strip() or None
         except (OSError, subprocess.SubprocessError):
             name = None
+    import psutil
+
+    freq = psutil.cpu_freq() if hasattr(psutil, "cpu_freq") else None
+    governor = None
+    try:  # 'powersave'/'ondemand' governors ramp the clock during a run: part of what a number means
+        governor = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor").read_text().strip() or None
+    except OSError:
+        pass
+    # only fixed properties here: this dict is part of the measurement cache key
     return {"name": name or platform.processor() or platform.machine() or "unknown host",
-            "os": platform.platform(), "cores": os.cpu_count()}
+            "os": platform.platform(), "cores": os.cpu_count(), "physical_cores": psutil.cpu_count(logical=False),
+            "max_mhz": round(freq.max) if freq and freq.max else None, "governor": governor}
 
 
 def _inputs_from_specs(specs: Sequence[Any]) -> list[np.ndarray]:
-    rng = np.random.default_rng(0)
-    out = []
-    for spec in specs:
-        dt = np.dtype(str(spec.dtype).replace("torch.", ""))
-        shape = tuple(int(d) for d in spec.shape)
-        out.append(rng.standard_normal(shape).astype(dt) if dt.kind == "f" else np.zeros(shape, dtype=dt))
-    return out
+    return random_inputs([(spec.shape, spec.dtype) for spec in specs])
 
 
 def _is_manifest(path: Path) -> bool:

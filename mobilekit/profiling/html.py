@@ -31,6 +31,8 @@ td:first-child,th:first-child{text-align:left}th{background:#f4f4f4}
 .mk-chart{background:#fff;border:1px solid #eee;margin:6px 0}.mk-chart text{font-size:11px;fill:#333}
 .mk-axis{stroke:#888;stroke-width:1}.mk-grid{stroke:#eee;stroke-width:1}
 .note{color:#666;font-size:12px}.charts{display:flex;flex-wrap:wrap;gap:16px}
+.st-pass{color:#1a7f37}.st-fail{color:#cf222e;font-weight:600}.st-error{color:#9a6700;font-weight:600}
+td.why{text-align:left;color:#555;font-size:12px}
 """
 _SCRIPT = """
 (function(){
@@ -186,7 +188,7 @@ def _summary_table(reports: Sequence[LatencyReport]) -> str:
 
 
 def render_html(reports: Sequence[LatencyReport], *, estimates: Sequence[Any] = (), checks: Sequence[Any] = (),
-                title: str = "mobilekit latency report", top: int = 12) -> str:
+                title: str = "mobilekit latency report", top: int = 12, lead: str = "") -> str:
     """Render reports (and estimates) as one self-contained HTML page.
 
     Args:
@@ -195,6 +197,7 @@ def render_html(reports: Sequence[LatencyReport], *, estimates: Sequence[Any] = 
         checks: budget checks (``BudgetCheck``) to list.
         title: page title.
         top: ops shown per report.
+        lead: HTML placed right under the title (a build's verdict and artifact table); the caller escapes it.
 
     Returns:
         The HTML text (no external resources).
@@ -204,14 +207,16 @@ def render_html(reports: Sequence[LatencyReport], *, estimates: Sequence[Any] = 
     """
     ests = [_as_dict(e) for e in estimates]
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(title)}</title>",
-             f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1>"]
+             f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1>", lead]
     if reports:
         parts.append("<h2>Summary</h2>" + _summary_table(reports))
     if checks:
         rows = "".join(f"<tr><td>{_e(c.report)}</td><td>{_e(c.metric)}</td><td>{_fmt(c.value)}</td>"
-                       f"<td>{c.limit:g}</td><td>{_e(c.status)}</td></tr>" for c in checks)
-        parts.append("<h2>Budgets</h2><table><tr><th>report</th><th>metric</th><th>value</th><th>limit</th>"
-                     f"<th>status</th></tr>{rows}</table>")
+                       f"<td>{c.limit:g}</td><td class=\"st-{_e(c.status)}\">{_e(c.status)}</td>"
+                       f"<td class=\"why\">{_e(c.message.split(': ', 1)[-1]) if c.status == 'error' else ''}</td>"
+                       "</tr>" for c in checks)
+        parts.append("<h2>Budgets</h2><table><tr><th>checked</th><th>metric</th><th>value</th><th>limit</th>"
+                     f"<th>status</th><th>why not evaluated</th></tr>{rows}</table>")
     across: list[tuple[str, float, float | None, float | None]] = []
     colors: list[str] = []
     for r in reports:

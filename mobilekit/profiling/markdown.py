@@ -43,8 +43,10 @@ def render_markdown(reports: Sequence[LatencyReport], *, estimates: Sequence[Any
     lines = [f"## {title}", ""]
     if checks:
         failed = [c for c in checks if c.status == "fail"]
-        lines += [f"**Budget: {'FAILED' if failed else 'passed'}** "
-                  f"({len(checks) - len(failed)}/{len(checks)} checks pass)", ""]
+        errors = [c for c in checks if c.status == "error"]
+        lines += [f"**Budget: {'FAILED' if failed else 'ERRORS' if errors else 'passed'}** "
+                  f"({sum(c.passed for c in checks)}/{len(checks)} checks pass"
+                  + (f", {len(errors)} could not be evaluated" if errors else "") + ")", ""]
     if reports:
         lines += ["| artifact | target | device | source | runtime | p50 ms (95% CI) | p90 ms | p99 ms | "
                   "cold load ms | first ms | peak MiB | +model MiB | size MiB | samples |",
@@ -71,10 +73,11 @@ def render_markdown(reports: Sequence[LatencyReport], *, estimates: Sequence[Any
                 bound)) + " |")
         lines.append("")
     if checks:
-        lines += ["### Budget checks", "", "| | check | value | limit |", "|---|---|---|---|"]
+        lines += ["### Budget checks", "", "| | check | value | limit | note |", "|---|---|---|---|---|"]
         for c in checks:
-            mark = {"pass": "✅", "fail": "❌", "skipped": "⚪"}[c.status]
-            lines.append(f"| {mark} | {_cell(c.report)}: {c.metric} | {_f(c.value)} | {c.limit:g} |")
+            mark = {"pass": "✅ pass", "fail": "❌ fail", "error": "⚠️ error"}[c.status]
+            note = c.message.split(": ", 1)[-1] if c.status == "error" else ""
+            lines.append(f"| {mark} | {_cell(c.report)}: {c.metric} | {_f(c.value)} | {c.limit:g} | {_cell(note)} |")
         lines.append("")
     for r in reports:
         if not r.per_op:

@@ -11,7 +11,7 @@ import numpy as np
 from mobilekit.runtime.child import run_in_child
 from mobilekit.runtime.runners import runtime_name
 
-__all__ = ["run_artifact", "run_in_child", "runtime_name"]
+__all__ = ["run_artifact", "run_artifact_many", "run_in_child", "runtime_name"]
 
 
 def run_artifact(path: Path, inputs: Sequence[np.ndarray], *, threads: int | None = None, timeout: float = 600.0,
@@ -33,3 +33,28 @@ def run_artifact(path: Path, inputs: Sequence[np.ndarray], *, threads: int | Non
     job = {"job": "infer", "path": str(Path(path).resolve()), "threads": threads, "options": options}
     _, outputs = run_in_child(job, inputs, timeout=timeout)
     return outputs
+
+
+def run_artifact_many(path: Path, feeds: Sequence[Sequence[np.ndarray]], *, threads: int | None = None,
+                      timeout: float = 600.0, **options: Any) -> list[list[np.ndarray]]:
+    """Run an artifact on each feed (one input list per run) with one load, in one child process.
+
+    Returns:
+        One output list per feed.
+
+    Raises:
+        RuntimeCrashError: the runtime crashed or failed (message names the file).
+    """
+    if not feeds:
+        return []
+    width = len(feeds[0])
+    if any(len(f) != width for f in feeds):
+        raise ValueError("every feed must hold the same number of inputs")
+    job = {"job": "infer", "path": str(Path(path).resolve()), "threads": threads, "options": options,
+           "per_feed": width}
+    result, outputs = run_in_child(job, [a for f in feeds for a in f], timeout=timeout)
+    grouped, at = [], 0
+    for n in result["outputs_per_feed"]:
+        grouped.append(outputs[at:at + n])
+        at += n
+    return grouped

@@ -18,45 +18,69 @@ pytestmark = pytest.mark.xdist_group("profile_artifacts")
 
 def test_budget_validates_its_fields():
     with pytest.raises(ConfigError) as info:
-        Budget(max_ms=-3)
-    assert info.value.where == "max_ms"
+        Budget(host_ms=-3)
+    assert info.value.where == "host_ms"
     with pytest.raises(ConfigError) as info:
-        Budget(max_ms=3, stat="p42")
+        Budget(phone_ms_by_target={"pixel-8": 0})
+    assert info.value.where == "phone_ms[pixel-8]"
+    with pytest.raises(ConfigError) as info:
+        Budget(host_ms=3, stat="p42")
     assert info.value.where == "stat"
-    assert Budget().empty and not Budget(max_mb=1).empty
+    assert Budget().empty and not Budget(size_mb=1).empty and not Budget(phone_ms_by_target={"pixel-8": 3}).empty
 
 
 @pytest.mark.backend_onnx
 def test_latency_size_and_memory_limits(onnx_report):
     r = onnx_report
-    loose = check_budgets([r], Budget(max_ms=r.p50_ms * 2, max_mb=r.artifact_size_bytes * 2 / 2**20,
-                                      max_memory_mb=r.memory_delta_mb + 100))
+    loose = check_budgets([r], Budget(host_ms=r.p50_ms * 2, size_mb=r.artifact_size_bytes * 2 / 2**20,
+                                      memory_mb=r.memory_delta_mb + 100))
     assert [c.status for c in loose] == ["pass", "pass", "pass"]
     assert [c.metric for c in loose] == ["latency_p50_ms", "artifact_size_mb", "memory_delta_mb"]
     enforce(loose)
-    tight = check_budgets([r], Budget(max_ms=r.p50_ms / 2, max_mb=r.artifact_size_bytes / 2 / 2**20, stat="p50"))
+    tight = check_budgets([r], Budget(host_ms=r.p50_ms / 2, size_mb=r.artifact_size_bytes / 2 / 2**20, stat="p50"))
     assert [c.status for c in tight] == ["fail", "fail"]
     with pytest.raises(BudgetError) as info:
         enforce(tight)
     msg = str(info.value)
     assert "2 budget check(s) failed" in msg and "latency_p50_ms" in msg and "artifact_size_mb" in msg
     assert r.artifact in msg and "int8" in msg  # what, where, fix
-    p99 = check_budgets([r], Budget(max_ms=(r.p50_ms + r.p99_ms) / 2, stat="p99"))
+    p99 = check_budgets([r], Budget(host_ms=(r.p50_ms + r.p99_ms) / 2, stat="p99"))
     assert p99[0].metric == "latency_p99_ms" and p99[0].status == ("fail" if r.p99_ms > r.p50_ms else "pass")
+    # a host measurement is never held to a phone limit, and says where it was measured
+    assert check_budgets([r], Budget(phone_ms=r.p50_ms / 100)) == []
+    assert "(host, measured)" in loose[0].report and loose[0].source == "host" and loose[0].kind == "host"
 
 
 @pytest.mark.backend_onnx
-def test_unmeasured_values_are_skipped_not_failed(onnx_report):
+def test_unmeasured_values_are_errors_that_fail_unless_allowed(onnx_report):
     r = onnx_report.with_(memory_delta_mb=None)
-    checks = check_budgets([r], Budget(max_memory_mb=1.0))
-    assert checks[0].status == "skipped" and checks[0].passed
-    root = ET.fromstring(junit_xml(checks))
-    assert root.find("testsuite").get("skipped") == "1"
+    checks = check_budgets([r], Budget(memory_mb=1.0))
+    assert checks[0].status == "error" and not checks[0].passed and checks[0].value is None
+    assert "could not be checked" in checks[0].message and "does not report peak memory" in checks[0].message
+    suite = ET.fromstring(junit_xml(checks)).find("testsuite")
+    assert (suite.get("errors"), suite.get("failures"), suite.get("skipped")) == ("1", "0", "0")
+    assert suite.find("testcase").find("error").get("type") == "NotEvaluated"
+    with pytest.raises(BudgetError, match="does not report peak memory"):
+        enforce(checks)
+    enforce(checks, allow_errors=["memory"])  # allowed explicitly: no exception
+    allowed = ET.fromstring(junit_xml(checks, allow_errors=True)).find("testsuite")
+    assert (allowed.get("errors"), allowed.get("skipped")) == ("0", "1")
+    assert "allowed:" in allowed.find("testcase").find("skipped").get("message")
+
+
+@pytest.mark.backend_onnx
+def test_phone_reports_meet_the_phone_limit_for_their_target(onnx_report):
+    phone = onnx_report.with_(source="device", target="pixel-8",
+                              device={"name": "Pixel 8", "os": "android", "thermal_state": "none"})
+    budget = Budget(host_ms=1e-9, phone_ms=phone.p50_ms * 2, phone_ms_by_target={"pixel-8": phone.p50_ms / 2})
+    (check,) = check_budgets([phone], budget)
+    assert check.status == "fail" and check.kind == "phone" and check.target == "pixel-8"
+    assert check.limit == phone.p50_ms / 2 and "(phone, measured)" in check.report
 
 
 @pytest.mark.backend_onnx
 def test_junit_file(onnx_report, tmp_path):
-    checks = check_budgets([onnx_report], Budget(max_ms=onnx_report.p50_ms / 10, max_mb=100))
+    checks = check_budgets([onnx_report], Budget(host_ms=onnx_report.p50_ms / 10, size_mb=100))
     path = write_junit(checks, tmp_path / "budget.xml")
     suite = ET.parse(path).getroot().find("testsuite")
     assert suite.get("tests") == "2" and suite.get("failures") == "1"

@@ -141,7 +141,7 @@ def test_device_report_from_parsed_output_validates():
 def test_markdown_summary(onnx_report):
     from mobilekit.profiling.budget import Budget, check_budgets
 
-    checks = check_budgets([onnx_report], Budget(max_ms=onnx_report.p50_ms * 1000))
+    checks = check_budgets([onnx_report], Budget(host_ms=onnx_report.p50_ms * 1000))
     text = render_markdown([onnx_report], checks=checks,
                            estimates=[{"target": "pixel-8", "model": "convnet", "format": "onnx", "precision": "fp32",
                                        "compute_unit": "cpu", "ms": 0.5, "low_ms": 0.3, "high_ms": 0.8,
