@@ -16,6 +16,7 @@ from typing import Any
 from mobilekit._io import write_json_atomic
 from mobilekit.errors import ConfigError
 from mobilekit.parity import Parity
+from mobilekit.sampling import SamplingParity
 from mobilekit.recipe import Recipe
 
 MANIFEST_SCHEMA_VERSION = 1
@@ -81,6 +82,7 @@ class Artifact:
         cached: True when this export was served from the cache.
         extra_files: other files belonging to the artifact (e.g. ExecuTorch .ptd weights), relative paths.
         adapter: the adapter name when the artifact is for one adapter, else None.
+        sampling: agreement with PyTorch over a sampling loop (denoisers exported with ``sampling``).
         notes: human-readable remarks (fallbacks, skipped checks).
     """
 
@@ -100,6 +102,7 @@ class Artifact:
     extra_files: tuple[str, ...] = ()
     adapter: str | None = None
     notes: tuple[str, ...] = ()
+    sampling: SamplingParity | None = None
 
     @property
     def format(self) -> str:
@@ -125,6 +128,7 @@ class Artifact:
         d["inputs"] = [s.to_dict() for s in self.inputs]
         d["outputs"] = [s.to_dict() for s in self.outputs]
         d["parity"] = self.parity.to_dict()
+        d["sampling"] = self.sampling.to_dict() if self.sampling else None
         d["targets"] = list(self.targets)
         d["extra_files"] = list(self.extra_files)
         d["notes"] = list(self.notes)
@@ -140,6 +144,7 @@ class Artifact:
         d["inputs"] = tuple(TensorSpec.from_dict(s) for s in d["inputs"])
         d["outputs"] = tuple(TensorSpec.from_dict(s) for s in d["outputs"])
         d["parity"] = Parity(**d["parity"])
+        d["sampling"] = SamplingParity(**d["sampling"]) if d.get("sampling") else None
         d["targets"] = tuple(d["targets"])
         d["extra_files"] = tuple(d.get("extra_files", ()))
         d["notes"] = tuple(d.get("notes", ()))

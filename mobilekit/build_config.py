@@ -31,6 +31,7 @@ from typing import Any
 
 from mobilekit.errors import ConfigError
 from mobilekit.profiling.budget import CHECK_KINDS, Budget
+from mobilekit.sampling import Sampling
 from mobilekit.recipe import FORMATS, PRECISION_ALIASES, PRECISIONS, AdapterPolicy
 
 BUILD_KEYS = {"out": "output directory (relative to the config file)",
@@ -46,16 +47,21 @@ BUDGET_KEYS = {"host_latency_ms": "most latency measured on this host, ms",
                "latency_stat": "the latency statistic the limits apply to: p50 (default), p90, p99, mean",
                "size_mb": "artifact size in MiB (all files of an artifact)",
                "memory_mb": "peak memory the model adds while running on this host, MiB",
-               "min_cosine": "lowest cosine similarity with PyTorch", "min_psnr_db": "lowest PSNR against PyTorch, dB"}
+               "min_cosine": "lowest cosine similarity with PyTorch", "min_psnr_db": "lowest PSNR against PyTorch, dB",
+               "min_sample_cosine": "lowest cosine of a denoiser's final sample after the sampling loop",
+               "min_sample_psnr_db": "lowest PSNR of a denoiser's final sample after the sampling loop, dB"}
 # Budget keys as the TOML names them → the Budget field they fill
 _BUDGET_FIELDS = {"host_latency_ms": "host_ms", "phone_latency_ms": "phone_ms", "latency_stat": "stat",
                   "size_mb": "size_mb", "memory_mb": "memory_mb", "min_cosine": "min_cosine",
-                  "min_psnr_db": "min_psnr_db"}
+                  "min_psnr_db": "min_psnr_db", "min_sample_cosine": "min_sample_cosine",
+                  "min_sample_psnr_db": "min_sample_psnr_db"}
 MODEL_KEYS = {"spec": "builtin:NAME, package.module:function, or a model folder",
               "inputs": "input shapes for a model folder", "targets": "override [build].targets",
               "formats": "override [build].formats", "precisions": "override [build].precisions",
               "adapters": "name -> adapter file or folder (LoRA)", "adapter_policy": "fuse or separate",
               "budgets": "override [budgets]",
+              "sampling": "check a diffusion denoiser over a sampling loop: true, or {steps, scheduler, "
+                          "latents_input, timestep_input, seed}",
               "calibration": "int8-static calibration batches: .npz/.safetensors, input name -> [N, *shape]",
               "parity_inputs": "inputs parity is checked on besides the example: .npz/.safetensors, input name -> "
                                "[N, *shape] (kept apart from calibration)"}
@@ -77,6 +83,7 @@ class ModelEntry:
         budgets: the limits this model's artifacts must meet.
         calibration: file of int8-static calibration batches, or None (the spec's own, else synthesized).
         parity_inputs: file of parity inputs besides the example, or None (held-out ones synthesized).
+        sampling: the sampling loop a denoiser is checked over, or None.
     """
 
     name: str
@@ -90,6 +97,7 @@ class ModelEntry:
     budgets: Budget = field(default_factory=Budget)
     calibration: Path | None = None
     parity_inputs: Path | None = None
+    sampling: Sampling | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -229,6 +237,19 @@ class _Reader:
                               fix=f"looked for {found}")
         return found
 
+    def sampling(self, table: str, value: Any) -> Sampling | None:
+        if value is False:
+            return None
+        if value is True:
+            return Sampling()
+        known = {"steps", "scheduler", "latents_input", "timestep_input", "seed", "num_train_timesteps"}
+        data = self.check_keys(f"{table}.sampling", value, {k: "" for k in known})
+        try:
+            return Sampling(**data)
+        except (ConfigError, TypeError) as exc:
+            raise ConfigError(f"sampling in [{table}]: {getattr(exc, 'message', exc)}",
+                              where=self.where(table, "sampling"), fix=getattr(exc, "fix", None)) from exc
+
     def allow_errors(self, value: Any) -> bool | tuple[str, ...]:
         if isinstance(value, bool):
             return value
@@ -312,6 +333,7 @@ def load_build_config(path: str | Path) -> BuildConfig:
                         else precisions),
             adapters={k: (path.parent / v).resolve() for k, v in adapters.items()}, adapter_policy=policy,
             budgets=budgets.merged(model_budgets),
+            sampling=r.sampling(table, entry["sampling"]) if "sampling" in entry else None,
             **{key: r.file(table, key, entry[key], path.parent) for key in ("calibration", "parity_inputs")
                if key in entry}))
     for key, kind in (("measure", bool), ("estimate", bool), ("max_seconds", (int, float)), ("workers", int),

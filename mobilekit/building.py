@@ -129,6 +129,18 @@ def _check(entry: ModelEntry, artifact: Artifact, budget: Budget, report: dict[s
             checks.append(evaluate(f"{label} (parity vs PyTorch)", path, metric, limit,
                                    None if p.status == "not-run" else value, kind="parity", source="parity",
                                    floor=True, missing=f"parity was not run: {p.reason}"))
+    s = artifact.sampling
+    for metric, limit, attr in (("min_sample_cosine", budget.min_sample_cosine, "cosine"),
+                                ("min_sample_psnr_db", budget.min_sample_psnr_db, "psnr_db")):
+        if limit is None:
+            continue
+        why = ("the model has no sampling = ... in its table" if s is None
+               else f"the sampling loop was not run: {s.reason}" if s.status == "not-run"
+               else s.reason or "")
+        value = None if s is None or s.status == "not-run" or getattr(s, attr) is None else getattr(s, attr)
+        where = f"{label} (sampling loop" + (f", {s.steps} {s.scheduler} steps)" if s else ")")
+        checks.append(evaluate(where, path, metric, limit, value, kind="sampling", source="parity", floor=True,
+                               missing=why))
     host_runs = (artifact.format, artifact.delegate) in HOST_FORMATS
     if host_runs:
         where = f"{label} (this host, measured)"
@@ -225,6 +237,7 @@ def build(config: BuildConfig | str | Path, *, on_progress: ProgressFn | None = 
             manifest = export(spec.model, spec.example_inputs, targets=list(entry.targets), out_dir=out,
                               precision=list(entry.precisions) or None, formats=list(entry.formats) or None,
                               calibration=cal, parity_inputs=held, parity_samples=config.parity_samples,
+                              sampling=entry.sampling,
                               cache_dir=config.cache_dir,
                               workers=config.workers, model_name=entry.name,
                               input_names=spec.input_names or None, adapter_policy=entry.adapter_policy)

@@ -36,6 +36,8 @@ from mobilekit.cache import ExportCache, cache_key, inputs_fingerprint, model_fi
 from mobilekit.errors import ConfigError, ExportError, MobilekitError, ParityError, RuntimeCrashError
 from mobilekit.inputs import CALIBRATION_SEED, PARITY_SEED, held_out_inputs, same_batch
 from mobilekit.parity import Parity, compare_many, tolerance_for
+from mobilekit.sampling import (SAMPLE_TOLERANCES, Sampling, SamplingParity, artifact_trajectory,
+                                compare_trajectories, reference_trajectory)
 from mobilekit.plan import plan_exports
 from mobilekit.recipe import Recipe
 
@@ -149,7 +151,8 @@ def _build_one(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...],
                calibration: list[tuple[torch.Tensor, ...]] | None, feeds: Sequence[tuple[torch.Tensor, ...]],
                references: Sequence[list[np.ndarray]], verify: bool,
                tolerances: Mapping[str, Mapping[str, float]] | None,
-               options: dict[str, Any]) -> dict[str, Any]:
+               options: dict[str, Any], sampling: Sampling | None = None,
+               sample_ref: list[np.ndarray] | None = None) -> dict[str, Any]:
     """Convert and verify one recipe inside ``workdir``; return the cache record. Runs in a worker too."""
     start = time.perf_counter()
     result = _convert(model, example_inputs, recipe, workdir, calibration, options)
@@ -162,9 +165,15 @@ def _build_one(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...],
               else Parity.not_run("not run: --no-verify"))
     stages = dict(result.stages)
     stages["validate"] = time.perf_counter() - t0
+    sampled = None
+    if verify and sampling is not None and sample_ref is not None:
+        t1 = time.perf_counter()
+        sampled = _verify_sampling(main, recipe, example_inputs, sampling, sample_ref, extra).to_dict()
+        stages["sample"] = time.perf_counter() - t1
     return {"filename": result.filename, "extra_files": list(result.extra_files), "stages": stages,
             "input_names": list(result.input_names), "output_names": list(result.output_names),
             "input_dtypes": result.input_dtypes, "notes": list(result.notes), "parity": parity.to_dict(),
+            "sampling": sampled,
             "export_seconds": time.perf_counter() - start, "sha256": sha256_of(main),
             "size_bytes": size_of(main) + sum(size_of(p) for p in extra)}
 
@@ -176,7 +185,8 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
            cache_dir: str | Path | None = None, workers: int = 1, model_name: str | None = None,
            input_names: Sequence[str] | None = None, adapter_policy: str = "fuse",
            converter_options: Mapping[str, Any] | None = None, on_progress: ProgressFn | None = None,
-           parity_inputs: Sequence[Sequence[torch.Tensor]] | None = None, parity_samples: int = 4) -> Manifest:
+           parity_inputs: Sequence[Sequence[torch.Tensor]] | None = None, parity_samples: int = 4,
+           sampling: Sampling | None = None) -> Manifest:
     """Export ``model`` for each target and return the manifest written to ``out_dir/manifest.json``.
 
     Args:
@@ -203,6 +213,8 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
         parity_inputs: input batches the artifacts are compared on, besides the example inputs
             (default: ``parity_samples - 1`` held-out batches like the example inputs).
         parity_samples: how many inputs parity compares when ``parity_inputs`` is None (>= 1).
+        sampling: for a diffusion denoiser, also run this sampling loop with every artifact and with
+            PyTorch from the same noise and compare the final samples (``Artifact.sampling``).
 
     Returns:
         The Manifest (also written as ``out_dir/manifest.json``).
@@ -270,7 +282,9 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
     toolchain = toolchain_versions()
     model_fp = model_fingerprint(model, graph_code)
     inputs_fp = inputs_fingerprint(example, cal)
-    options_fp = {"parity_inputs": inputs_fingerprint(example, feeds)}
+    options_fp = {"parity_inputs": inputs_fingerprint(example, feeds),
+                  "sampling": sampling.to_dict() if sampling else None}
+    sample_ref = reference_trajectory(model, example, sampling) if sampling is not None and verify else None
     options = dict(converter_options or {})
     cache = ExportCache(Path(cache_dir) if cache_dir else None)
 
@@ -309,7 +323,7 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
             for i in to_build:
                 wd = cache.new_workdir()
                 jobs[pool.submit(_build_one, model, example, plans[i].recipe, wd, cal, feeds, references, verify,
-                                 tolerances, options)] = (i, wd)
+                                 tolerances, options, sampling, sample_ref)] = (i, wd)
             for fut in cf.as_completed(jobs):
                 i, wd = jobs[fut]
                 try:
@@ -325,7 +339,7 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
             wd = cache.new_workdir()
             try:
                 finish(i, _build_one(model, example, plans[i].recipe, wd, cal, feeds, references, verify,
-                                     tolerances, options), wd)
+                                     tolerances, options, sampling, sample_ref), wd)
             except BaseException:
                 shutil.rmtree(wd, ignore_errors=True)
                 raise
@@ -367,12 +381,29 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
                                      dtype="float32") for k, r in enumerate(reference)),
             parity=Parity(**record["parity"]), export_seconds=round(record["export_seconds"], 3),
             stages={k: round(v, 4) for k, v in record["stages"].items()}, toolchain=toolchain, cache_key=plan.key,
-            cached=cached, extra_files=tuple(extras), notes=tuple(record["notes"])))
+            cached=cached, extra_files=tuple(extras), notes=tuple(record["notes"]),
+            sampling=SamplingParity(**record["sampling"]) if record.get("sampling") else None))
     manifest = Manifest(model=name, artifacts=tuple(artifacts), toolchain=toolchain, plan=export_plan.to_dict(),
                         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), root=out)
     manifest.write(out)
     progress("done", total, total)
     return manifest
+
+
+def _verify_sampling(path: Path, recipe: Recipe, example: tuple[torch.Tensor, ...], sampling: Sampling,
+                     reference: list[np.ndarray], extra: Sequence[Path]) -> SamplingParity:
+    """The sampling loop with the artifact in its runtime, compared with PyTorch's loop."""
+    tol = SAMPLE_TOLERANCES[recipe.precision]
+    if recipe.format == "coreml" or recipe.delegate == "coreml":
+        return SamplingParity(status="not-run", steps=sampling.steps, scheduler=sampling.scheduler, tolerance=tol,
+                              reason="not run: needs macOS (Core ML runtime)")
+    ptd = [p for p in extra if p.suffix == ".ptd"]
+    try:
+        got = artifact_trajectory(path, example, sampling, {"data_path": str(ptd[0])} if ptd else None)
+    except RuntimeCrashError as exc:
+        return SamplingParity(status="fail", steps=sampling.steps, scheduler=sampling.scheduler, tolerance=tol,
+                              reason=f"the runtime failed in the sampling loop: {exc.message}")
+    return compare_trajectories(reference, got, sampling=sampling, tolerance=tol)
 
 
 def _parity_feeds(model: torch.nn.Module, example: tuple[torch.Tensor, ...], reference: list[np.ndarray],

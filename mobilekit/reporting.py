@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html as _html
+from mobilekit.artifact import Artifact
 from mobilekit.build_result import BuildResult
 from mobilekit.profiling.html import render_html
 from mobilekit.profiling.markdown import render_markdown
@@ -14,15 +15,33 @@ def _reports(result: BuildResult) -> list[LatencyReport]:
     return [LatencyReport.from_dict({k: v for k, v in r.items() if k in keep}) for r in result.reports]
 
 
+def parity_text(a: Artifact) -> str:
+    """One artifact's parity in words: status, worst cosine and PSNR, over how many inputs."""
+    p = a.parity
+    if p.status == "not-run" or p.cosine is None:
+        return p.reason or p.status
+    return f"{p.status} (cos {p.cosine:.5f}, {p.psnr_db:.1f} dB" + (
+        f", worst of {p.inputs} inputs)" if p.inputs > 1 else ")")
+
+
+def sampling_text(a: Artifact) -> str:
+    """One artifact's sampling-loop parity in words, or ``–`` when it was not asked for."""
+    s = a.sampling
+    if s is None:
+        return "–"
+    if s.status == "not-run" or s.cosine is None:
+        return s.reason or s.status
+    return f"{s.status} (cos {s.cosine:.5f}, {s.psnr_db:.1f} dB after {s.steps} {s.scheduler} steps)"
+
+
 def artifact_rows(result: BuildResult) -> list[list[str]]:
-    """One row per artifact: model, file, recipe, targets, size, parity, built or cached."""
+    """One row per artifact: model, file, recipe, targets, size, parity, sampling, built or cached."""
     rows = []
     for name, manifest in result.manifests.items():
         for a in manifest.artifacts:
-            p = a.parity
-            parity = p.reason if p.status == "not-run" else f"{p.status} (cos {p.cosine:.5f}, {p.psnr_db:.1f} dB)"
             rows.append([name, a.path, a.recipe.name, ", ".join(a.targets), f"{a.size_bytes / 2**20:.2f} MiB",
-                         parity or "", "cached" if a.cached else f"built in {a.export_seconds:.1f} s"])
+                         parity_text(a), sampling_text(a),
+                         "cached" if a.cached else f"built in {a.export_seconds:.1f} s"])
     return rows
 
 
@@ -39,7 +58,8 @@ def latency_rows(result: BuildResult) -> list[list[str]]:
 
 
 LATENCY_COLUMNS = ["model", "artifact", "where", "p50 ms", "range ms"]
-ARTIFACT_COLUMNS = ["model", "artifact", "recipe", "targets", "size", "parity vs PyTorch", "export"]
+ARTIFACT_COLUMNS = ["model", "artifact", "recipe", "targets", "size", "parity vs PyTorch", "sampling loop vs PyTorch",
+                    "export"]
 
 
 def build_markdown(result: BuildResult) -> str:

@@ -20,18 +20,21 @@ def _human_bytes(n: int) -> str:
 
 def manifest_rows(manifest: Any) -> list[list[Any]]:
     """Table rows for a manifest: artifact, targets, recipe, size, parity, seconds."""
+    from mobilekit.reporting import parity_text, sampling_text
+
     rows = []
     for a in manifest.artifacts:
-        p = a.parity
-        parity = p.status if p.cosine is None else f"{p.status} cos={p.cosine:.5f} psnr={p.psnr_db:.1f}dB"
-        if p.status == "not-run" and p.reason:
-            parity = p.reason
-        rows.append([a.path, ", ".join(a.targets), a.recipe.name, _human_bytes(a.size_bytes), parity,
-                     "cached" if a.cached else f"{a.export_seconds:.1f}s"])
+        rows.append([a.path, ", ".join(a.targets), a.recipe.name, _human_bytes(a.size_bytes), parity_text(a)]
+                    + ([sampling_text(a)] if a.sampling else [])
+                    + ["cached" if a.cached else f"{a.export_seconds:.1f}s"])
     return rows
 
 
-MANIFEST_COLUMNS = ["artifact", "targets", "recipe", "size", "parity vs PyTorch", "export"]
+def manifest_columns(manifest: Any) -> list[str]:
+    """Column names for ``manifest_rows`` (the sampling column only when a loop was run)."""
+    sampled = any(a.sampling for a in manifest.artifacts)
+    return ["artifact", "targets", "recipe", "size", "parity vs PyTorch"] + (
+        ["sampling loop vs PyTorch"] if sampled else []) + ["export"]
 
 
 def parse_tolerances(items: list[str]) -> dict[str, dict[str, float]]:
@@ -65,6 +68,8 @@ def register(app: typer.Typer) -> None:
         parity_inputs: Annotated[Path | None, typer.Option("--parity-inputs", help=".npz/.safetensors of inputs parity is checked on, besides the example (input name -> [N, *shape])")] = None,
         parity_samples: Annotated[int, typer.Option("--parity-samples", help="inputs parity compares when --parity-inputs is not given: the example and N-1 held-out ones")] = 4,
         tolerance: Annotated[list[str] | None, typer.Option("--tolerance", help="PRECISION:cosine=0.99 or PRECISION:psnr_db=30")] = None,
+        sampling_steps: Annotated[int, typer.Option("--sampling-steps", help="for a diffusion denoiser: also compare N steps of a sampling loop with PyTorch (0: off)")] = 0,
+        sampling_scheduler: Annotated[str, typer.Option("--sampling-scheduler", help="ddim, euler or dpm (diffusers schedulers)")] = "ddim",
         no_verify: Annotated[bool, typer.Option("--no-verify", help="skip the parity check entirely (artifacts are marked unverified)")] = False,
         no_cache: Annotated[bool, typer.Option("--no-cache", help="rebuild even when cached")] = False,
         workers: Annotated[int, typer.Option("--workers", help="parallel export processes")] = 1,
@@ -74,6 +79,7 @@ def register(app: typer.Typer) -> None:
         from mobilekit.cli._output import err_console, print_json, print_table, progress_callback
         from mobilekit.exporting import export
         from mobilekit.plan import plan_exports
+        from mobilekit.sampling import Sampling
         from mobilekit.spec import load_spec
 
         loaded = load_spec(spec, inputs=input)
@@ -87,10 +93,12 @@ def register(app: typer.Typer) -> None:
                               formats=format, calibration=cal, verify=not no_verify,
                               tolerances=parse_tolerances(tolerance or []), use_cache=not no_cache, workers=workers,
                               model_name=loaded.name, input_names=loaded.input_names or None,
-                              on_progress=on_progress, parity_inputs=held, parity_samples=parity_samples)
+                              on_progress=on_progress, parity_inputs=held, parity_samples=parity_samples,
+                              sampling=Sampling(steps=sampling_steps, scheduler=sampling_scheduler)
+                              if sampling_steps else None)
         if json_out:
             print_json(manifest.to_dict())
         else:
-            print_table(f"{loaded.name}: {len(manifest.artifacts)} artifact(s) in {out}", MANIFEST_COLUMNS,
+            print_table(f"{loaded.name}: {len(manifest.artifacts)} artifact(s) in {out}", manifest_columns(manifest),
                         manifest_rows(manifest))
             err_console().print(f"manifest: {out / 'manifest.json'}")

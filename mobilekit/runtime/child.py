@@ -27,6 +27,7 @@ from mobilekit.errors import ConfigError, MobilekitError, RuntimeCrashError
 JOBS: dict[str, str] = {
     "infer": "mobilekit.runtime.child:infer_job",
     "measure": "mobilekit.profiling.host:measure_job",
+    "sample": "mobilekit.sampling:sample_job",
 }
 
 
