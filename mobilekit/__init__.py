@@ -45,6 +45,8 @@ _LAZY: dict[str, str] = {
     "load_build_config": "mobilekit.build_config:load_build_config",
     "export": "mobilekit.exporting:export",
     "ExportPlan": "mobilekit.plan:ExportPlan",
+    "Sampling": "mobilekit.sampling:Sampling",
+    "SamplingParity": "mobilekit.sampling:SamplingParity",
     "plan_exports": "mobilekit.plan:plan_exports",
     "ZOO": "mobilekit.zoo:ZOO",
     "build_zoo_model": "mobilekit.zoo:build_zoo_model",
@@ -70,6 +72,7 @@ if TYPE_CHECKING:
     from mobilekit.adapters import export_adapters
     from mobilekit.exporting import export
     from mobilekit.plan import ExportPlan, plan_exports
+    from mobilekit.sampling import Sampling, SamplingParity
     from mobilekit.zoo import ZOO, build_zoo_model
     from mobilekit.profiling.host import profile
     from mobilekit.profiling.report import LatencyReport

@@ -112,7 +112,7 @@ def _convert(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], r
 
 def _verify(path: Path, recipe: Recipe, feeds: Sequence[tuple[torch.Tensor, ...]],
             references: Sequence[list[np.ndarray]], tolerances: Mapping[str, Mapping[str, float]] | None,
-            extra: Sequence[Path]) -> Parity:
+            extra: Sequence[Path], io: tuple[list[Any] | None, list[Any] | None] = (None, None)) -> Parity:
     """Run the artifact on every parity input with its real runtime in a child process; compare with PyTorch."""
     from mobilekit.runtime import run_artifact_many
 
@@ -124,8 +124,11 @@ def _verify(path: Path, recipe: Recipe, feeds: Sequence[tuple[torch.Tensor, ...]
                 try:
                     from converters.coreml import validate_mlpackage
 
-                    info = validate_mlpackage(path)
-                    reason += f"; structurally valid mlProgram with {info.get('op_count', '?')} ops"
+                    # off macOS the package can't run, but its declared inputs and outputs can still be
+                    # held to the model's: names and shapes an app will bind to
+                    info = validate_mlpackage(path, inputs=io[0], outputs=io[1])
+                    reason += (f"; structurally valid mlProgram with {info.get('op_count', '?')} ops"
+                               + (", inputs and outputs match the model's" if io[0] is not None else ""))
                 except MobilekitError as exc:
                     return Parity(status="fail", runtime="coremltools", tolerance=tol,
                                   reason=f"structural check failed: {exc}")
@@ -161,7 +164,10 @@ def _build_one(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...],
     if not main.exists():
         raise ExportError(f"the {recipe.format} converter wrote no {result.filename}", where=recipe.name)
     t0 = time.perf_counter()
-    parity = (_verify(main, recipe, feeds, references, tolerances, extra) if verify
+    io = ([(n, tuple(t.shape)) for n, t in zip(result.input_names, example_inputs)] if result.input_names else None,
+          [(n, tuple(r.shape)) for n, r in zip(result.output_names, references[0])]
+          if result.output_names and len(result.output_names) == len(references[0]) else None)
+    parity = (_verify(main, recipe, feeds, references, tolerances, extra, io) if verify
               else Parity.not_run("not run: --no-verify"))
     stages = dict(result.stages)
     stages["validate"] = time.perf_counter() - t0

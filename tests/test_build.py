@@ -183,3 +183,37 @@ def test_a_failed_host_measurement_is_an_error_check(project, monkeypatch):
     host_checks = [c for c in result.checks if c.kind == "host"]
     assert not result.ok and len(host_checks) == 3
     assert all(c.status == "error" and "signal 11" in c.message for c in host_checks)
+
+
+SAMPLING_CONFIG = """
+[build]
+targets = ["pixel-8"]
+formats = ["onnx"]
+precisions = ["fp32"]
+max_seconds = 0.2
+cache_dir = "cache"
+measure = false
+estimate = false
+
+[models.dit]
+spec = "builtin:dit-tiny"
+sampling = { steps = 3 }
+budgets = { min_sample_psnr_db = 40, min_sample_cosine = 0.9999 }
+
+[models.mlp]
+spec = "bmodels:mlp"
+budgets = { min_sample_cosine = 0.9 }
+"""
+
+
+def test_sampling_loop_budgets_gate_denoisers_and_name_models_without_a_loop(project):
+    (project / "mobilekit.toml").write_text(SAMPLING_CONFIG)
+    _reload_models()
+    result = build(project / "mobilekit.toml")
+    dit = [c for c in result.checks if c.kind == "sampling" and c.report.startswith("dit/")]
+    assert [c.status for c in dit] == ["pass", "pass"] and "3 ddim steps" in dit[0].report
+    (mlp,) = [c for c in result.checks if c.report.startswith("mlp/")]
+    assert mlp.status == "error" and "has no sampling" in mlp.message and not result.ok
+    art = result.manifests["dit"].artifacts[0]
+    assert art.sampling.steps == 3 and art.sampling.psnr_db >= 40
+    assert "after 3 ddim steps" in (project / "build" / "mobilekit" / "report.md").read_text()
