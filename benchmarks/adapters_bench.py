@@ -81,7 +81,7 @@ def _run(manifest: Any, artifact: Any, x: tuple[torch.Tensor, ...]) -> np.ndarra
 def _multi_method_pte(base: torch.nn.Module, adapters: dict[str, Path], x: tuple[torch.Tensor, ...],
                       dest: Path) -> dict[str, Any]:
     """One .pte with a method per variant (the alternative to .ptd sharing); its bytes and parity."""
-    from converters._torch_common import capture, prepared_copy
+    from mobilekit.converters._torch_common import capture, prepared_copy
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.runtime import Runtime

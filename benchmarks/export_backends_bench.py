@@ -96,7 +96,7 @@ def bare_onnx(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], precisio
 
 
 def mobilekit_convert(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], recipe: Recipe, work: Path) -> None:
-    from converters import get_converter
+    from mobilekit.converters import get_converter
 
     get_converter(recipe.format).convert(model, inputs, recipe, work)
 

@@ -103,7 +103,7 @@ STAGES: list[dict[str, float]] = []  # ConvertResult.stages of each mobilekit ru
 
 
 def ours(fmt: str) -> Callable[[torch.nn.Module, tuple[torch.Tensor, ...], str, Path], None]:
-    from converters import get_converter
+    from mobilekit.converters import get_converter
 
     conv = get_converter(fmt)
 

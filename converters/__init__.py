@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 from mobilekit.errors import ConfigError
 
 if TYPE_CHECKING:
-    from converters.base import Converter
+    from mobilekit.converters.base import Converter
 
 REGISTRY: dict[str, str] = {
-    "executorch": "converters.executorch:ExecuTorchConverter",
-    "coreml": "converters.coreml:CoreMLConverter",
-    "tflite": "converters.tflite:TFLiteConverter",
-    "onnx": "converters.onnx:OnnxConverter",
+    "executorch": "mobilekit.converters.executorch:ExecuTorchConverter",
+    "coreml": "mobilekit.converters.coreml:CoreMLConverter",
+    "tflite": "mobilekit.converters.tflite:TFLiteConverter",
+    "onnx": "mobilekit.converters.onnx:OnnxConverter",
 }
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from converters.base import unsupported_op_error
+from mobilekit.converters.base import unsupported_op_error
 from mobilekit.errors import ConfigError, ExportError, MobilekitError
 
 logger = logging.getLogger(__name__)

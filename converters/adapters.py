@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from converters.base import StageTimer
+from mobilekit.converters.base import StageTimer
 from mobilekit._deps import require
 from mobilekit._io import write_bytes_atomic
 from mobilekit.errors import ConfigError, ExportError
@@ -119,8 +119,8 @@ def lower_executorch_separate(variants: Mapping[str, torch.nn.Module], example_i
         ...                                 Recipe.parse("executorch-xnnpack-fp32"), Path("work"))  # doctest: +SKIP
     """
     require("executorch.exir", extra="executorch", purpose="to export .pte files")
-    from converters._torch_common import HalfPrecision, capture, prepared_model
-    from converters.executorch import _delegation_notes, _lower, _quantize
+    from mobilekit.converters._torch_common import HalfPrecision, capture, prepared_model
+    from mobilekit.converters.executorch import _delegation_notes, _lower, _quantize
     from executorch.exir import ExecutorchBackendConfig
     from executorch.exir.passes.external_constants_pass import delegate_external_constants_pass_unlifted
 
@@ -232,7 +232,7 @@ def lower_tflite_signatures(variants: Mapping[str, torch.nn.Module], example_inp
         raise ConfigError("multi-signature TFLite takes float inputs only", where="example_inputs",
                           fix="use adapter_policy='fuse' for models with integer inputs")
     litert_torch = require("litert_torch", extra="tflite", purpose="to export TFLite models")
-    from converters.tflite import _map_error, _quantize, _quiet
+    from mobilekit.converters.tflite import _map_error, _quantize, _quiet
 
     timer = StageTimer()
     inputs = tuple(example_inputs)
@@ -280,7 +280,7 @@ def lower_coreml_multifunction(variants: Mapping[str, torch.nn.Module], example_
         >>> lower_coreml_multifunction({"base": g, "sepia": lora_g}, (x, t),
         ...                            Recipe.parse("coreml-fp16"), Path("work"))  # doctest: +SKIP
     """
-    from converters.coreml import CoreMLConverter, _ios_level, save_multifunction
+    from mobilekit.converters.coreml import CoreMLConverter, _ios_level, save_multifunction
 
     timer = StageTimer()
     notes: list[str] = []

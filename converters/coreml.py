@@ -40,8 +40,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from converters._torch_common import input_names_of, prepared_model
-from converters.base import ConvertResult, StageTimer, Support, ensure_supported, supports_from_table
+from mobilekit.converters._torch_common import input_names_of, prepared_model
+from mobilekit.converters.base import ConvertResult, StageTimer, Support, ensure_supported, supports_from_table
 from mobilekit._deps import require
 from mobilekit._io import atomic_path
 from mobilekit.errors import ConfigError, ExportError, UnsupportedOpError

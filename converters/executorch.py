@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from converters._torch_common import (
+from mobilekit.converters._torch_common import (
     HalfPrecision,
     capture,
     check_calibration,
@@ -49,7 +49,7 @@ from converters._torch_common import (
     op_histogram,
     prepared_model,
 )
-from converters.base import ConvertResult, StageTimer, Support, ensure_supported, supports_from_table
+from mobilekit.converters.base import ConvertResult, StageTimer, Support, ensure_supported, supports_from_table
 from mobilekit._deps import require
 from mobilekit._io import atomic_path
 from mobilekit.errors import ConfigError, ExportError

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from converters._torch_common import (
+from mobilekit.converters._torch_common import (
     capture,
     check_calibration,
     check_inputs,
@@ -40,7 +40,7 @@ from converters._torch_common import (
     static_reshapes,
     weight_bytes,
 )
-from converters.base import ConvertResult, StageTimer, Support, ensure_supported, supports_from_table
+from mobilekit.converters.base import ConvertResult, StageTimer, Support, ensure_supported, supports_from_table
 from mobilekit._deps import require
 from mobilekit._io import atomic_path
 from mobilekit.errors import ConfigError, ExportError

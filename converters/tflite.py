@@ -31,8 +31,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from converters._torch_common import capture, float64_as_float32, input_names_of, prepared_model, weight_bytes
-from converters.base import (ConvertResult, StageTimer, Support, ensure_supported, module_path_of_op,
+from mobilekit.converters._torch_common import capture, float64_as_float32, input_names_of, prepared_model, weight_bytes
+from mobilekit.converters.base import (ConvertResult, StageTimer, Support, ensure_supported, module_path_of_op,
                              supports_from_table)
 from mobilekit._deps import require
 from mobilekit._io import native_output_captured, write_bytes_atomic

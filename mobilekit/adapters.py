@@ -228,7 +228,7 @@ def export_adapters(base: torch.nn.Module, adapters: Mapping[str, Path | str | A
 
 def _fallback_reason(recipe: Any) -> str | None:
     """Why ``separate`` cannot share weights for this recipe (then it fuses), or None."""
-    from converters.adapters import TFLITE_SEPARATE_PRECISIONS
+    from mobilekit.converters.adapters import TFLITE_SEPARATE_PRECISIONS
 
     if recipe.format == "onnx":
         return ("ONNX cannot share weights between adapters (ONNX Runtime loads one graph per session and "
@@ -254,7 +254,9 @@ def _separate_key(base: torch.nn.Module, ads: Mapping[str, Adapter], example: tu
         ad = ads[ad_name]
         h.update(json.dumps({"name": ad_name, "config": ad.config.to_dict()}, sort_keys=True).encode())
         hash_tensors(sorted(ad.weights.items()), h)
-    lowering = Path(__file__).resolve().parents[1] / "converters" / "adapters.py"
+    import mobilekit.converters.adapters as lowering_module
+
+    lowering = Path(lowering_module.__file__ or "")
     options = {"adapters": h.hexdigest(), "name": name, "verify": verify, "tolerances": tolerances,
                "converter": _converter_fingerprint(recipe.format),
                "lowering": hashlib.sha256(lowering.read_bytes()).hexdigest() if lowering.is_file() else "",
@@ -296,7 +298,7 @@ def _build_separate(base: torch.nn.Module, ads: Mapping[str, Adapter], example: 
                     tolerances: Mapping[str, Mapping[str, float]] | None,
                     calibration: Sequence[Sequence[torch.Tensor]] | None) -> tuple[list[Artifact], dict[str, Any]]:
     """Lower all variants sharing the base, verify each, place the files; return artifacts and the report."""
-    from converters import adapters as lowering
+    from mobilekit.converters import adapters as lowering
 
     variants = _variants(base, ads, fused=False)
     references = {v: _reference(m, example) for v, m in variants.items()}
@@ -369,7 +371,7 @@ def _verify_variant(out: Path, placed: Mapping[str, str], res: Any, variant: str
     tol = tolerance_for(recipe.precision, tolerances)
     path = out / placed[res.files[variant][0]]
     if recipe.format == "coreml":
-        from converters.coreml import validate_mlpackage
+        from mobilekit.converters.coreml import validate_mlpackage
 
         try:
             info = validate_mlpackage(path)
@@ -397,7 +399,7 @@ def _verify_variant(out: Path, placed: Mapping[str, str], res: Any, variant: str
 
 
 def _in_specs(example: tuple[torch.Tensor, ...], model: torch.nn.Module) -> tuple[TensorSpec, ...]:
-    from converters._torch_common import input_names_of
+    from mobilekit.converters._torch_common import input_names_of
     from mobilekit.exporting import _dtype_name
 
     names = input_names_of(model, len(example))

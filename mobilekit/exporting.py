@@ -88,8 +88,8 @@ def _dtype_name(dtype: Any) -> str:
 
 def _convert(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], recipe: Recipe, workdir: Path,
              calibration: list[tuple[torch.Tensor, ...]] | None, options: dict[str, Any]) -> Any:
-    from converters import get_converter
-    from converters.base import unsupported_op_error
+    from mobilekit.converters import get_converter
+    from mobilekit.converters.base import unsupported_op_error
 
     converter = get_converter(recipe.format)
     try:
@@ -122,7 +122,7 @@ def _verify(path: Path, recipe: Recipe, feeds: Sequence[tuple[torch.Tensor, ...]
             reason = "not run: needs macOS (Core ML runtime)"
             if recipe.format == "coreml":
                 try:
-                    from converters.coreml import validate_mlpackage
+                    from mobilekit.converters.coreml import validate_mlpackage
 
                     # off macOS the package can't run, but its declared inputs and outputs can still be
                     # held to the model's: names and shapes an app will bind to
@@ -246,7 +246,7 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
     total = len(plans)
     progress("trace", 0, total)
 
-    from converters._torch_common import input_names_of, prepared_model
+    from mobilekit.converters._torch_common import input_names_of, prepared_model
 
     model = prepared_model(model)  # no copy of an eval-mode model: real sizes can't afford two
     _check_fits(model, plans)
@@ -362,7 +362,7 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
         extras = []
         if plan.recipe.format == "onnx" and record["extra_files"]:
             # An .onnx names its weight file inside: the placed copy must name the placed data file.
-            from converters.onnx import relink_external_data
+            from mobilekit.converters.onnx import relink_external_data
 
             extra_dest = f"{dest_name}.data"
             _place(entry / record["extra_files"][0], out / extra_dest)
@@ -441,7 +441,7 @@ def _parity_feeds(model: torch.nn.Module, example: tuple[torch.Tensor, ...], ref
 
 def _check_fits(model: torch.nn.Module, plans: Sequence[Any]) -> None:
     """Refuse, before any work, a recipe whose format can't hold this model (TFLite's 2 GB flatbuffer)."""
-    from converters import get_converter
+    from mobilekit.converters import get_converter
 
     for plan in plans:
         check = getattr(get_converter(plan.recipe.format), "check_model", None)
@@ -455,7 +455,7 @@ def _converter_fingerprint(fmt: str) -> str:
     """Hash of the converter's source files, so a changed converter never serves stale exports."""
     import hashlib
 
-    from converters import REGISTRY
+    from mobilekit.converters import REGISTRY
 
     module = importlib.import_module(REGISTRY[fmt].split(":")[0])
     h = hashlib.sha256()

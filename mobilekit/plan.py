@@ -75,7 +75,7 @@ class ExportPlan:
 
 
 def _supports(recipe: Recipe) -> Any:
-    from converters import get_converter
+    from mobilekit.converters import get_converter
 
     return get_converter(recipe.format).supports(recipe)
 

@@ -33,7 +33,7 @@ class LoadedSpec:
 
     def names(self) -> list[str]:
         """The inputs' names: the spec's own, else forward's parameter names."""
-        from converters._torch_common import input_names_of
+        from mobilekit.converters._torch_common import input_names_of
 
         return list(self.input_names) or input_names_of(self.model, len(self.example_inputs))
 

@@ -159,7 +159,7 @@ def test_onnx_separate_falls_back_to_fused_with_a_note(setup, tmp_path):
 @pytest.mark.backend_coreml
 def test_coreml_separate_is_one_multifunction_package(setup, tmp_path):
     pytest.importorskip("coremltools")
-    from converters.coreml import validate_mlpackage
+    from mobilekit.converters.coreml import validate_mlpackage
 
     base, dirs, x, root = setup
     out = tmp_path / "cml"

@@ -13,8 +13,8 @@ import torch
 
 pytest.importorskip("coremltools", reason="install with: pip install 'mobilekit[coreml]'")
 
-from converters import get_converter  # noqa: E402
-from converters.coreml import CoreMLConverter, save_multifunction, validate_mlpackage  # noqa: E402
+from mobilekit.converters import get_converter  # noqa: E402
+from mobilekit.converters.coreml import CoreMLConverter, save_multifunction, validate_mlpackage  # noqa: E402
 from mobilekit.artifact import size_of  # noqa: E402
 from mobilekit.errors import ConfigError, ExportError, UnsupportedOpError  # noqa: E402
 from mobilekit.recipe import Recipe  # noqa: E402

@@ -11,8 +11,8 @@ import torch
 
 pytest.importorskip("executorch.exir", reason="install with: pip install 'mobilekit[executorch]'")
 
-from converters import get_converter  # noqa: E402
-from converters.executorch import ExecuTorchConverter  # noqa: E402
+from mobilekit.converters import get_converter  # noqa: E402
+from mobilekit.converters.executorch import ExecuTorchConverter  # noqa: E402
 from mobilekit.errors import ConfigError, ExportError, RuntimeCrashError, UnsupportedOpError  # noqa: E402
 from mobilekit.parity import compare, tolerance_for  # noqa: E402
 from mobilekit.recipe import Recipe  # noqa: E402

@@ -12,8 +12,8 @@ import torch
 pytest.importorskip("onnxscript", reason="install with: pip install 'mobilekit[onnx]'")
 pytest.importorskip("onnxruntime", reason="install with: pip install 'mobilekit[onnx]'")
 
-from converters import get_converter  # noqa: E402
-from converters.onnx import OnnxConverter  # noqa: E402
+from mobilekit.converters import get_converter  # noqa: E402
+from mobilekit.converters.onnx import OnnxConverter  # noqa: E402
 from mobilekit.errors import ConfigError, UnsupportedOpError  # noqa: E402
 from mobilekit.parity import compare, tolerance_for  # noqa: E402
 from mobilekit.recipe import Recipe  # noqa: E402
@@ -213,7 +213,7 @@ def test_caller_model_is_left_alone(tmp_path: Path) -> None:
 def test_over_two_gigabytes_goes_to_external_data_that_loads_from_the_output_dir(tmp_path, monkeypatch, precision):
     """The protobuf limit path (DiT-XL/2 is 3 GB), exercised on a small model by lowering the limit."""
     import mobilekit
-    import converters.onnx as onnx_conv
+    import mobilekit.converters.onnx as onnx_conv
 
     monkeypatch.setattr(onnx_conv, "_PROTOBUF_LIMIT", 1024)
     model, inputs = tiny_convnet()

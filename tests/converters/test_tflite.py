@@ -12,8 +12,8 @@ import torch
 pytest.importorskip("litert_torch", reason="install with: pip install 'mobilekit[tflite]'")
 pytest.importorskip("ai_edge_quantizer", reason="install with: pip install 'mobilekit[tflite]'")
 
-from converters import get_converter  # noqa: E402
-from converters.tflite import TFLiteConverter  # noqa: E402
+from mobilekit.converters import get_converter  # noqa: E402
+from mobilekit.converters.tflite import TFLiteConverter  # noqa: E402
 from mobilekit.errors import ConfigError, UnsupportedOpError  # noqa: E402
 from mobilekit.parity import compare, tolerance_for  # noqa: E402
 from mobilekit.recipe import Recipe  # noqa: E402
@@ -180,7 +180,7 @@ def test_bad_inputs_are_refused_with_where(tmp_path: Path) -> None:
 
 def test_a_model_over_the_flatbuffer_limit_is_refused_before_any_work(monkeypatch, tmp_path):
     import mobilekit
-    import converters.tflite as tfl
+    import mobilekit.converters.tflite as tfl
 
     model, inputs = tiny_convnet()
     monkeypatch.setattr(tfl, "FLATBUFFER_LIMIT", 1024)
