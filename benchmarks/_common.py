@@ -33,7 +33,8 @@ def provenance() -> dict[str, Any]:
                                                          for a in sys.argv]]),
             "host": {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
                      "python": platform.python_version()},
-            "toolchain": toolchain_versions()}
+            "toolchain": toolchain_versions(),
+            "date": __import__("datetime").date.today().isoformat()}
 
 
 def write_result(name: str, data: dict[str, Any]) -> Path:
@@ -81,6 +82,9 @@ def merge_cells(previous: Path, cells: list[dict[str, Any]]) -> list[dict[str, A
 
     if not previous.exists():
         return cells
+    old = json.loads(previous.read_text())
     done = {(c["model"], c["recipe"]) for c in cells}
-    kept = [c for c in json.loads(previous.read_text()).get("cells", []) if (c["model"], c["recipe"]) not in done]
+    # a kept cell says which earlier run it comes from, so a table never passes old numbers off as new
+    kept = [{**c, "from_run": c.get("from_run") or old.get("date") or f"the previous {previous.name}, undated"}
+            for c in old.get("cells", []) if (c["model"], c["recipe"]) not in done]
     return kept + cells

@@ -11,6 +11,7 @@ process so a native crash costs one row, not the run.
 Run:
     .venv/bin/python benchmarks/zoo_bench.py                    # all models, all cells
     .venv/bin/python benchmarks/zoo_bench.py --models resnet dit --recipes onnx-fp32
+    .venv/bin/python benchmarks/zoo_bench.py --resume /tmp/mk-zoo-XXXX.jsonl   # finish an interrupted run
 Writes ``benchmarks/results/zoo.json`` and ``benchmarks/results/zoo.md``.
 """
 
@@ -102,8 +103,15 @@ def _markdown(cells: list[dict[str, Any]], recipes: list[str], command: str) -> 
                 row.append("")
                 continue
             cos = f" {c['cosine']:.4f}" if c.get("cosine") is not None and c["status"] == "pass" else ""
-            row.append(mark[c["status"]] + cos)
+            row.append(mark[c["status"]] + cos + (" †" if c.get("from_run") else ""))
         lines.append(f"| {m} | " + " | ".join(row) + " |")
+    old = sorted({c["from_run"] for c in cells if c.get("from_run")})
+    if old:
+        n_old = sum(bool(c.get("from_run")) for c in cells)
+        new = [c for c in cells if not c.get("from_run")]
+        lines += ["", f"† {n_old} cells are kept from an earlier run ({', '.join(old)}), made with earlier code "
+                      "(one-input parity); they were not re-run here. The cells re-run now: "
+                      f"{sum(c['status'] == 'pass' for c in new)} of {len(new)} pass."]
     problems = [c for c in cells if c["status"] != "pass"]
     if problems:
         lines += ["", "## Cells that do not pass", ""]
@@ -122,13 +130,24 @@ def main() -> int:
     parser.add_argument("--cells", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", default="zoo", help="result file stem in benchmarks/results/")
     parser.add_argument("--merge", action="store_true", help="keep the earlier result's cells not re-run now")
+    parser.add_argument("--resume", type=Path, help="cells file (.jsonl) of an interrupted run: its finished "
+                                                    "models are kept, not re-run")
     args = parser.parse_args()
     if args.one:
         return _child(args.one, args.recipes, args.cells)
 
-    cells_file = Path(tempfile.mkstemp(prefix="mk-zoo-", suffix=".jsonl")[1])
+    if args.resume:
+        cells_file = args.resume
+        have = [json.loads(ln) for ln in cells_file.read_text().splitlines() if ln.strip()]
+        finished = {m for m in {c["model"] for c in have}
+                    if {c["recipe"] for c in have if c["model"] == m} >= set(args.recipes)}
+        # a model cut off mid-way is run again from its start
+        cells_file.write_text("".join(json.dumps(c) + "\n" for c in have if c["model"] in finished))
+    else:
+        cells_file, finished = Path(tempfile.mkstemp(prefix="mk-zoo-", suffix=".jsonl")[1]), set()
+    print(f"cells: {cells_file}", flush=True)
     start = time.perf_counter()
-    for name in args.models:
+    for name in [m for m in args.models if m not in finished]:
         proc = subprocess.run([sys.executable, __file__, "--one", name, "--cells", str(cells_file),
                                "--recipes", *args.recipes], env={**os.environ, "PYTHONWARNINGS": "ignore", "TF_CPP_MIN_LOG_LEVEL": "3", "GLOG_minloglevel": "2"})
         if proc.returncode != 0:
