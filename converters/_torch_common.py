@@ -10,7 +10,7 @@ import copy
 import logging
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -19,6 +19,20 @@ from mobilekit.converters.base import unsupported_op_error
 from mobilekit.errors import ConfigError, ExportError, MobilekitError
 
 logger = logging.getLogger(__name__)
+
+
+def flatten_outputs(out: Any) -> list[torch.Tensor]:
+    """A model's outputs as a flat list of tensors (tensors, ``.sample`` dataclasses, dicts, nested tuples)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if hasattr(out, "sample") and isinstance(out.sample, torch.Tensor):
+        return [out.sample]
+    if isinstance(out, Mapping):
+        return [t for v in out.values() for t in flatten_outputs(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in flatten_outputs(v)]
+    raise ExportError(f"the model returns {type(out).__name__}, not tensors", where="forward",
+                      fix="wrap the model so forward returns a tensor or a tuple of tensors")
 
 
 def check_inputs(example_inputs: Any, *, what: str = "example_inputs") -> tuple[torch.Tensor, ...]:

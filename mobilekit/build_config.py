@@ -22,6 +22,7 @@ Example ``mobilekit.toml``::
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 import tomllib
@@ -40,8 +41,8 @@ BUILD_KEYS = {"out": "output directory (relative to the config file)",
               "estimate": "estimate latency per target", "max_seconds": "seconds of timed runs per artifact",
               "cache_dir": "export cache directory", "workers": "parallel export processes",
               "parity_samples": "inputs parity compares when a model gives no parity_inputs (default 4)",
-              "allow_errors": "true, or check kinds (size, parity, host, phone, memory) whose 'could not be "
-                              "evaluated' does not fail the build"}
+              "allow_errors": f"true, or check kinds ({', '.join(CHECK_KINDS)}) whose 'could not be evaluated' "
+                              "does not fail the build"}
 BUDGET_KEYS = {"host_latency_ms": "most latency measured on this host, ms",
                "phone_latency_ms": "most latency on each phone target (estimated), ms; a number or {target = ms}",
                "latency_stat": "the latency statistic the limits apply to: p50 (default), p90, p99, mean",
@@ -242,8 +243,8 @@ class _Reader:
             return None
         if value is True:
             return Sampling()
-        known = {"steps", "scheduler", "latents_input", "timestep_input", "seed", "num_train_timesteps"}
-        data = self.check_keys(f"{table}.sampling", value, {k: "" for k in known})
+        known = {f.name for f in dataclasses.fields(Sampling)}
+        data = self.check_keys(f"{table}.sampling", value, known)
         try:
             return Sampling(**data)
         except (ConfigError, TypeError) as exc:

@@ -33,6 +33,7 @@ from mobilekit._deps import toolchain_versions
 from mobilekit._io import copy_atomic, ensure_writable_dir
 from mobilekit.artifact import Artifact, Manifest, TensorSpec, sha256_of, size_of
 from mobilekit.cache import ExportCache, cache_key, inputs_fingerprint, model_fingerprint
+from mobilekit.converters._torch_common import flatten_outputs as _flatten_outputs
 from mobilekit.errors import ConfigError, ExportError, MobilekitError, ParityError, RuntimeCrashError
 from mobilekit.inputs import CALIBRATION_SEED, PARITY_SEED, held_out_inputs, same_batch
 from mobilekit.parity import Parity, compare_many, tolerance_for
@@ -44,19 +45,6 @@ from mobilekit.recipe import Recipe
 logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, int], None]
-
-
-def _flatten_outputs(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if hasattr(out, "sample") and isinstance(out.sample, torch.Tensor):
-        return [out.sample]
-    if isinstance(out, Mapping):
-        return [t for v in out.values() for t in _flatten_outputs(v)]
-    if isinstance(out, (tuple, list)):
-        return [t for v in out for t in _flatten_outputs(v)]
-    raise ExportError(f"the model returns {type(out).__name__}, not tensors", where="forward",
-                      fix="wrap the model so forward returns a tensor or a tuple of tensors")
 
 
 def _plain_outputs(out: Any) -> bool:
@@ -117,7 +105,7 @@ def _verify(path: Path, recipe: Recipe, feeds: Sequence[tuple[torch.Tensor, ...]
     from mobilekit.runtime import run_artifact_many
 
     tol = tolerance_for(recipe.precision, tolerances)
-    if recipe.format == "coreml" or recipe.delegate == "coreml":
+    if _needs_apple(recipe):
         if sys.platform != "darwin":
             reason = "not run: needs macOS (Core ML runtime)"
             if recipe.format == "coreml":
@@ -135,12 +123,9 @@ def _verify(path: Path, recipe: Recipe, feeds: Sequence[tuple[torch.Tensor, ...]
                 except ImportError:
                     pass
             return Parity(status="not-run", tolerance=tol, reason=reason)
-    options: dict[str, Any] = {}
-    ptd = [p for p in extra if p.suffix == ".ptd"]
-    if ptd:
-        options["data_path"] = str(ptd[0])
     try:
-        outputs = run_artifact_many(path, [[t.detach().numpy() for t in feed] for feed in feeds], **options)
+        outputs = run_artifact_many(path, [[t.detach().numpy() for t in feed] for feed in feeds],
+                                    **_runtime_options(extra))
     except RuntimeCrashError as exc:
         raise ExportError(f"the {recipe.name} artifact failed in its runtime during the parity check: {exc.message}",
                           where=recipe.name, fix="choose another precision or format for this model, or pass "
@@ -290,7 +275,6 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
     inputs_fp = inputs_fingerprint(example, cal)
     options_fp = {"parity_inputs": inputs_fingerprint(example, feeds),
                   "sampling": sampling.to_dict() if sampling else None}
-    sample_ref = reference_trajectory(model, example, sampling) if sampling is not None and verify else None
     options = dict(converter_options or {})
     cache = ExportCache(Path(cache_dir) if cache_dir else None)
 
@@ -309,6 +293,10 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
             records[i] = (hit, cache.entry(plan.key), True)
         else:
             to_build.append(i)
+
+    # the reference loop runs the model N times: only worth it when an artifact is built, not served
+    sample_ref = (reference_trajectory(model, example, sampling)
+                  if sampling is not None and verify and to_build else None)
 
     def finish(i: int, record: dict[str, Any], workdir: Path) -> None:
         parity = Parity(**record["parity"])
@@ -396,16 +384,26 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
     return manifest
 
 
+def _needs_apple(recipe: Recipe) -> bool:
+    """Whether the artifact needs Apple's Core ML runtime (a .mlpackage, or a .pte with the Core ML delegate)."""
+    return recipe.format == "coreml" or recipe.delegate == "coreml"
+
+
+def _runtime_options(extra: Sequence[Path]) -> dict[str, Any]:
+    """Runner options for an artifact's extra files: a separate ExecuTorch weights file (.ptd)."""
+    ptd = [p for p in extra if p.suffix == ".ptd"]
+    return {"data_path": str(ptd[0])} if ptd else {}
+
+
 def _verify_sampling(path: Path, recipe: Recipe, example: tuple[torch.Tensor, ...], sampling: Sampling,
                      reference: list[np.ndarray], extra: Sequence[Path]) -> SamplingParity:
     """The sampling loop with the artifact in its runtime, compared with PyTorch's loop."""
     tol = SAMPLE_TOLERANCES[recipe.precision]
-    if recipe.format == "coreml" or recipe.delegate == "coreml":
+    if _needs_apple(recipe) and sys.platform != "darwin":
         return SamplingParity(status="not-run", steps=sampling.steps, scheduler=sampling.scheduler, tolerance=tol,
                               reason="not run: needs macOS (Core ML runtime)")
-    ptd = [p for p in extra if p.suffix == ".ptd"]
     try:
-        got = artifact_trajectory(path, example, sampling, {"data_path": str(ptd[0])} if ptd else None)
+        got = artifact_trajectory(path, example, sampling, _runtime_options(extra))
     except RuntimeCrashError as exc:
         return SamplingParity(status="fail", steps=sampling.steps, scheduler=sampling.scheduler, tolerance=tol,
                               reason=f"the runtime failed in the sampling loop: {exc.message}")

@@ -32,8 +32,9 @@ def random_inputs(specs: Sequence[tuple[Sequence[int], Any]], *, seed: int = 0, 
     rng = np.random.default_rng(seed)
     out = []
     for shape, dtype in specs:
-        dt = np.dtype(str(dtype).replace("torch.", "")) if isinstance(dtype, str) or hasattr(dtype, "is_floating_point") \
-            else np.dtype(dtype)
+        # torch dtypes print as "torch.float32"; numpy dtypes and their names pass straight through
+        dt = np.dtype(str(dtype).removeprefix("torch.")) if isinstance(dtype, str) or hasattr(
+            dtype, "is_floating_point") else np.dtype(dtype)
         shape = tuple(int(d) for d in shape)
         if dt.kind == "f":
             out.append(rng.standard_normal(shape).astype(dt))
@@ -57,9 +58,9 @@ def held_out_inputs(example: Sequence[torch.Tensor], n: int, *, seed: int = PARI
         g = torch.Generator().manual_seed(seed + i)
         batch = []
         for t in example:
-            if t.dtype.is_floating_point and t.numel() > 1 and float(t.float().std()) > 0:
-                x = torch.randn(t.shape, generator=g) * t.float().std() + t.float().mean()
-                batch.append(x.to(t.dtype))
+            std = float(t.float().std()) if t.dtype.is_floating_point and t.numel() > 1 else 0.0
+            if std > 0:
+                batch.append((torch.randn(t.shape, generator=g) * std + float(t.float().mean())).to(t.dtype))
             elif t.dtype.is_floating_point and t.numel() == 1:
                 # a scalar float (a timestep, a guidance scale): vary it within [0, 2|t|]
                 batch.append((torch.rand(t.shape, generator=g) * 2 * t.abs().clamp(min=1e-3)).to(t.dtype))

@@ -12,7 +12,6 @@ parent calls the PyTorch model.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,18 +20,12 @@ from typing import Any
 import numpy as np
 
 from mobilekit.errors import ConfigError
+from mobilekit.parity import SAMPLE_TOLERANCES, compare
+
+__all__ = ["SAMPLE_TOLERANCES", "Sampling", "SamplingParity", "artifact_trajectory", "compare_trajectories",
+           "denoise", "reference_trajectory"]
 
 SCHEDULERS = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "dpm": "DPMSolverMultistepScheduler"}
-
-# Floors on the *final sample* per precision: looser than one-step parity because errors compound.
-SAMPLE_TOLERANCES: dict[str, dict[str, float]] = {
-    "fp32": {"cosine": 0.9999, "psnr_db": 50.0},
-    "fp16": {"cosine": 0.999, "psnr_db": 35.0},
-    "int8-weight": {"cosine": 0.98, "psnr_db": 20.0},
-    "int8-dynamic": {"cosine": 0.95, "psnr_db": 15.0},
-    "int8-static": {"cosine": 0.90, "psnr_db": 12.0},
-}
-
 
 @dataclass(frozen=True, kw_only=True)
 class Sampling:
@@ -145,37 +138,29 @@ def sample_job(job: dict[str, Any], inputs: list[np.ndarray], workdir: Path) -> 
     return {"runtime": runner.runtime}, denoise(runner.run, inputs, job["sampling"])
 
 
-def _psnr(ref: np.ndarray, out: np.ndarray) -> float:
-    mse = float(np.mean((ref.astype(np.float64) - out) ** 2))
-    peak = float(ref.max() - ref.min()) or 1.0
-    return 999.0 if mse == 0 else min(10 * math.log10(peak**2 / mse), 999.0)
-
-
 def compare_trajectories(reference: Sequence[np.ndarray], actual: Sequence[np.ndarray], *,
                          sampling: Sampling, tolerance: Mapping[str, float]) -> SamplingParity:
-    """Compare two sampling trajectories; the final sample decides the status."""
-    ref, out = reference[-1].astype(np.float64).ravel(), actual[-1].astype(np.float64).ravel()
-    denom = float(np.linalg.norm(ref) * np.linalg.norm(out))
-    cosine = float(np.dot(ref, out) / denom) if denom > 0 else 0.0
-    psnr = _psnr(reference[-1], actual[-1])
-    steps = [round(_psnr(r, a), 3) for r, a in zip(reference, actual, strict=True)]
-    ok = bool(np.isfinite(out).all()) and cosine >= tolerance["cosine"] and psnr >= tolerance["psnr_db"]
-    reason = None if ok else (f"final sample after {sampling.steps} {sampling.scheduler} steps: cosine {cosine:.5f} "
-                              f"(floor {tolerance['cosine']}), PSNR {psnr:.1f} dB (floor {tolerance['psnr_db']})")
-    return SamplingParity(status="pass" if ok else "fail", steps=sampling.steps, scheduler=sampling.scheduler,
-                          cosine=cosine, psnr_db=psnr, max_abs_error=float(np.abs(ref - out).max()),
-                          step_psnr_db=steps, tolerance=dict(tolerance), reason=reason)
+    """Compare two sampling trajectories (``parity.compare`` on each step); the final sample decides."""
+    each = [compare([r], [a], tolerance=tolerance, runtime="") for r, a in zip(reference, actual, strict=True)]
+    final = each[-1]
+    reason = None if final.status == "pass" else (
+        f"final sample after {sampling.steps} {sampling.scheduler} steps: cosine {final.cosine:.5f} "
+        f"(floor {tolerance['cosine']}), PSNR {final.psnr_db:.1f} dB (floor {tolerance['psnr_db']})")
+    return SamplingParity(status=final.status, steps=sampling.steps, scheduler=sampling.scheduler,
+                          cosine=final.cosine, psnr_db=final.psnr_db, max_abs_error=final.max_abs_error,
+                          step_psnr_db=[round(p.psnr_db, 3) for p in each], tolerance=dict(tolerance), reason=reason)
 
 
 def reference_trajectory(model: Any, example: Sequence[Any], sampling: Sampling) -> list[np.ndarray]:
     """The sampling loop with the PyTorch model (the reference every artifact is compared with)."""
     import torch
 
+    from mobilekit.converters._torch_common import flatten_outputs  # torch: kept off artifact.py's import
+
     def call(feed: list[np.ndarray]) -> list[np.ndarray]:
         with torch.no_grad():
             out = model(*[torch.from_numpy(np.ascontiguousarray(a)) for a in feed])
-        out = out[0] if isinstance(out, (tuple, list)) else getattr(out, "sample", out)
-        return [out.detach().float().numpy()]
+        return [flatten_outputs(out)[0].detach().float().numpy()]
 
     _check_inputs(example, sampling)
     return denoise(call, [t.detach().numpy() for t in example], sampling.to_dict())

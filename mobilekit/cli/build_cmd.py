@@ -35,7 +35,8 @@ def register(app: typer.Typer) -> None:
         if junit is not None:
             from mobilekit.profiling.budget import write_junit
 
-            write_junit(result.checks, junit, suite="mobilekit.build")
+            # the same allow_errors as the build's verdict: an allowed error is skipped, not an <error>
+            write_junit(result.checks, junit, suite="mobilekit.build", allow_errors=result.allow_errors)
         if json_out:
             print_json(result.to_dict())
         else:
@@ -45,7 +46,7 @@ def register(app: typer.Typer) -> None:
                 print_table("budgets", ["check", "status"], [[c.message, c.status] for c in result.checks])
             err_console().print(f"reports: {result.out / 'report.html'}, {result.out / 'report.md'}")
         if not result.ok:
-            err_console().print(f"[bold red]{len(result.failures)} budget(s) exceeded[/]")
+            err_console().print(f"[bold red]{result.verdict()}[/]")
             for c in result.failures:
                 err_console().print(f"  {c.message}", highlight=False)
             sys.exit(BudgetError.exit_code)

@@ -33,7 +33,6 @@ _STATS = ("p50", "p90", "p99", "mean")
 MIB = 1024 * 1024
 #: What a check is about; ``allow_errors`` takes these names.
 CHECK_KINDS = ("size", "parity", "sampling", "host", "phone", "memory")
-STATUSES = ("pass", "fail", "error")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,9 +114,10 @@ class BudgetCheck:
         value: the value checked (None for an error).
         status: ``pass``, ``fail`` or ``error`` (configured but not evaluable; ``message`` says why).
         message: one line for logs.
-        kind: ``size``, ``parity``, ``host``, ``phone`` or ``memory`` (what ``allow_errors`` names).
+        kind: one of ``CHECK_KINDS`` (what ``allow_errors`` names).
         source: where the value comes from: ``file``, ``parity``, ``host``, ``device`` or ``estimate``.
         target: the phone target a phone check is for, if any.
+        reason: for an ``error``, why the check could not be evaluated.
     """
 
     report: str
@@ -130,6 +130,7 @@ class BudgetCheck:
     kind: str = "host"
     source: str = "host"
     target: str | None = None
+    reason: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -153,7 +154,7 @@ def evaluate(label: str, artifact: str, metric: str, limit: float, value: float 
                   target=target)
     if value is None:
         why = missing or f"{metric} was not measured"
-        return BudgetCheck(**common, value=None, status="error",
+        return BudgetCheck(**common, value=None, status="error", reason=why,
                            message=f"{label}: {metric} could not be checked against {limit:g}{unit_s}: {why}")
     failed = value < limit if floor else value > limit
     relation = ("below the floor of" if failed else "meets the floor of") if floor else (

@@ -213,7 +213,7 @@ def render_html(reports: Sequence[LatencyReport], *, estimates: Sequence[Any] = 
     if checks:
         rows = "".join(f"<tr><td>{_e(c.report)}</td><td>{_e(c.metric)}</td><td>{_fmt(c.value)}</td>"
                        f"<td>{c.limit:g}</td><td class=\"st-{_e(c.status)}\">{_e(c.status)}</td>"
-                       f"<td class=\"why\">{_e(c.message.split(': ', 1)[-1]) if c.status == 'error' else ''}</td>"
+                       f"<td class=\"why\">{_e(c.reason or '')}</td>"
                        "</tr>" for c in checks)
         parts.append("<h2>Budgets</h2><table><tr><th>checked</th><th>metric</th><th>value</th><th>limit</th>"
                      f"<th>status</th><th>why not evaluated</th></tr>{rows}</table>")

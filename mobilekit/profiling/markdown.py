@@ -76,7 +76,7 @@ def render_markdown(reports: Sequence[LatencyReport], *, estimates: Sequence[Any
         lines += ["### Budget checks", "", "| | check | value | limit | note |", "|---|---|---|---|---|"]
         for c in checks:
             mark = {"pass": "✅ pass", "fail": "❌ fail", "error": "⚠️ error"}[c.status]
-            note = c.message.split(": ", 1)[-1] if c.status == "error" else ""
+            note = c.reason or ""
             lines.append(f"| {mark} | {_cell(c.report)}: {c.metric} | {_f(c.value)} | {c.limit:g} | {_cell(note)} |")
         lines.append("")
     for r in reports:
