@@ -74,7 +74,8 @@ def _measure(artifact: Artifact, manifest: Manifest, entry: ModelEntry, config: 
         # the Artifact (not just its path) carries extra files such as a shared ExecuTorch .ptd;
         # no target: this is a measurement of this host, whatever phone the artifact is built for
         located = replace(artifact, path=str(manifest.path_of(artifact)))
-        report = profile(artifact=located, target=None, max_seconds=config.max_seconds)
+        # profile() names the artifact's phone when it has one; the build's reports are of this host
+        report = profile(artifact=located, target=None, max_seconds=config.max_seconds).with_(target=None)
     except (BackendUnavailableError, RuntimeCrashError, ConfigError) as exc:
         logger.warning("could not measure %s: %s", artifact.path, exc)
         return None, f"measuring on this host failed: {type(exc).__name__}: {exc.message}"
@@ -128,7 +129,7 @@ def _check(entry: ModelEntry, artifact: Artifact, budget: Budget, report: dict[s
         if limit is not None:
             checks.append(evaluate(f"{label} (parity vs PyTorch)", path, metric, limit,
                                    None if p.status == "not-run" else value, kind="parity", source="parity",
-                                   floor=True, missing=f"parity was not run: {p.reason}"))
+                                   floor=True, missing=p.reason or "parity was not run"))
     s = artifact.sampling
     for metric, limit, attr in (("min_sample_cosine", budget.min_sample_cosine, "cosine"),
                                 ("min_sample_psnr_db", budget.min_sample_psnr_db, "psnr_db")):

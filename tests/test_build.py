@@ -168,6 +168,15 @@ def test_allowed_errors_keep_the_build_green_but_stay_in_the_report(project, mon
     assert sum(c.status == "error" for c in result.checks) == 6
 
 
+def test_host_reports_of_single_target_artifacts_carry_no_phone_target(project):
+    (project / "mobilekit.toml").write_text(CONFIG.format(latency=1000).replace(
+        'targets = ["pixel-8", "iphone-15-pro"]', 'targets = ["pixel-8"]').replace('cache_dir = "cache"',
+                                                                                  'cache_dir = "cache3"'))
+    _reload_models()
+    result = build(project / "mobilekit.toml")
+    assert result.reports and all(r["target"] is None and r["source"] == "host" for r in result.reports)
+
+
 def test_a_failed_host_measurement_is_an_error_check(project, monkeypatch):
     import mobilekit.profiling.host as host
     from mobilekit.errors import RuntimeCrashError
