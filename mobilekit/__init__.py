@@ -40,6 +40,8 @@ _LAZY: dict[str, str] = {
     "LatencyReport": "mobilekit.profiling.report:LatencyReport",
     "build": "mobilekit.building:build",
     "BuildResult": "mobilekit.build_result:BuildResult",
+    "HostLatency": "mobilekit.build_result:HostLatency",
+    "PhoneEstimate": "mobilekit.build_result:PhoneEstimate",
     "Budget": "mobilekit.profiling.budget:Budget",
     "BudgetCheck": "mobilekit.profiling.budget:BudgetCheck",
     "load_build_config": "mobilekit.build_config:load_build_config",
@@ -66,7 +68,7 @@ if TYPE_CHECKING:
                                   MobilekitError, ParityError, RuntimeCrashError, UnsupportedOpError)
     from mobilekit.estimation.api import LatencyEstimate, estimate, estimate_all
     from mobilekit.build_config import load_build_config
-    from mobilekit.build_result import BuildResult
+    from mobilekit.build_result import BuildResult, HostLatency, PhoneEstimate
     from mobilekit.building import build
     from mobilekit.profiling.budget import Budget, BudgetCheck
     from mobilekit.adapters import export_adapters

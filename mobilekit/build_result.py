@@ -4,12 +4,58 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mobilekit.artifact import Manifest
 from mobilekit.profiling.budget import BudgetCheck, failed_checks
+from mobilekit.profiling.report import LatencyReport
+
+if TYPE_CHECKING:  # the estimator (and torch) load only when a build estimates
+    from mobilekit.estimation.api import LatencyEstimate
 
 BUILD_SCHEMA_VERSION = 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class HostLatency:
+    """One artifact's latency measured on this host during a build.
+
+    Attributes:
+        model: the build's name for the model (its table in the config).
+        artifact: the artifact's path, relative to the model's output directory.
+        report: the measurement (``source="host"``, no phone target).
+        cached: True when it was read from the measurement cache.
+    """
+
+    model: str
+    artifact: str
+    report: LatencyReport
+    cached: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report's dict with the build's labels (as in ``build.json``)."""
+        return {**self.report.to_dict(), "model": self.model, "artifact": self.artifact, "cached": self.cached}
+
+
+@dataclass(frozen=True, kw_only=True)
+class PhoneEstimate:
+    """One artifact's estimated latency on one of its phone targets during a build.
+
+    Attributes:
+        model: the build's name for the model.
+        artifact: the artifact's path, relative to the model's output directory.
+        estimate: the estimate (``source="estimate"``), whose ``model`` is the build's name too.
+        cached: True when it was read from the estimate cache.
+    """
+
+    model: str
+    artifact: str
+    estimate: LatencyEstimate
+    cached: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The estimate's dict with the build's labels (as in ``build.json``)."""
+        return {**self.estimate.to_dict(), "model": self.model, "artifact": self.artifact, "cached": self.cached}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -20,8 +66,8 @@ class BuildResult:
         config: the config path.
         out: the output directory.
         manifests: model name → its Manifest.
-        reports: host LatencyReports (as dicts).
-        estimates: per-target LatencyEstimates (as dicts).
+        reports: every host measurement, labelled with its model and artifact.
+        estimates: every phone target's estimate, labelled with its model and artifact.
         checks: every configured budget check: pass, fail or error (could not be evaluated, with the reason).
         allow_errors: the config's allow_errors (True, or the check kinds whose errors don't fail the build).
         exported: artifacts built in this run (not from the cache).
@@ -32,8 +78,8 @@ class BuildResult:
     config: str
     out: Path
     manifests: dict[str, Manifest]
-    reports: list[dict[str, Any]] = field(default_factory=list)
-    estimates: list[dict[str, Any]] = field(default_factory=list)
+    reports: list[HostLatency] = field(default_factory=list)
+    estimates: list[PhoneEstimate] = field(default_factory=list)
     checks: list[BudgetCheck] = field(default_factory=list)
     allow_errors: bool | tuple[str, ...] = False
     exported: int = 0
@@ -70,5 +116,6 @@ class BuildResult:
                 "seconds": round(self.seconds, 3), "exported": self.exported,
                 "manifests": {k: str(Path(k) / "manifest.json") for k in self.manifests},
                 "artifacts": {k: [a.to_dict() for a in m.artifacts] for k, m in self.manifests.items()},
-                "reports": self.reports, "estimates": self.estimates,
+                "reports": [r.to_dict() for r in self.reports],
+                "estimates": [e.to_dict() for e in self.estimates],
                 "checks": [c.to_dict() for c in self.checks], "outputs": self.outputs}

@@ -17,18 +17,20 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mobilekit._io import write_json_atomic, write_text_atomic
 from mobilekit.artifact import Artifact, Manifest
 from mobilekit.build_config import BuildConfig, ModelEntry, load_build_config
-from mobilekit.build_result import BuildResult
+from mobilekit.build_result import BuildResult, HostLatency, PhoneEstimate
 from mobilekit.cache import default_cache_dir
 from mobilekit.errors import BackendUnavailableError, BudgetError, ConfigError, RuntimeCrashError
 from mobilekit.profiling.budget import Budget, BudgetCheck, evaluate
+from mobilekit.profiling.report import LatencyReport
 from mobilekit.reporting import build_html, build_markdown
 
 if TYPE_CHECKING:
+    from mobilekit.estimation.api import LatencyEstimate
     from mobilekit.plan import ExportPlan
 
 logger = logging.getLogger(__name__)
@@ -41,10 +43,14 @@ def _json_cache(root: Path, kind: str, key: str) -> Path:
     return root / kind / key[:2] / f"{key}.json"
 
 
-def _cached_json(path: Path) -> dict[str, Any] | None:
+T = TypeVar("T")
+
+
+def _cached_json(path: Path, parse: Callable[[dict[str, Any]], T]) -> T | None:
+    """A cache entry parsed by ``parse``, or None when it is missing, unreadable or of another schema."""
     try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, json.JSONDecodeError):
+        return parse(json.loads(path.read_text())) if path.is_file() else None
+    except (OSError, json.JSONDecodeError, ConfigError, TypeError, KeyError):
         return None
 
 
@@ -55,10 +61,10 @@ def _host_id() -> str:
 
 
 def _measure(artifact: Artifact, manifest: Manifest, entry: ModelEntry, config: BuildConfig,
-             cache_root: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """Host LatencyReport of one artifact (cached by its hash and the settings) and why there is none.
+             cache_root: Path) -> tuple[HostLatency | None, str | None]:
+    """Host measurement of one artifact (cached by its hash and the settings) and why there is none.
 
-    Returns ``(report, None)``, ``(None, reason)`` when the measurement failed, or ``(None, None)``
+    Returns ``(measurement, None)``, ``(None, reason)`` when the measurement failed, or ``(None, None)``
     when the artifact's format has no runtime on this host (Core ML off macOS, a vendor delegate).
     """
     if (artifact.format, artifact.delegate) not in HOST_FORMATS:
@@ -67,9 +73,9 @@ def _measure(artifact: Artifact, manifest: Manifest, entry: ModelEntry, config: 
 
     key = hashlib.sha256(f"{artifact.sha256}|{config.max_seconds}|{_host_id()}".encode()).hexdigest()
     cached_path = _json_cache(cache_root, "measurements", key)
-    hit = _cached_json(cached_path)
+    hit = _cached_json(cached_path, LatencyReport.from_dict)
     if hit is not None:
-        return {**hit, "artifact": artifact.path, "cached": True}, None
+        return HostLatency(model=entry.name, artifact=artifact.path, report=hit, cached=True), None
     try:
         # the Artifact (not just its path) carries extra files such as a shared ExecuTorch .ptd;
         # no target: this is a measurement of this host, whatever phone the artifact is built for
@@ -79,22 +85,21 @@ def _measure(artifact: Artifact, manifest: Manifest, entry: ModelEntry, config: 
     except (BackendUnavailableError, RuntimeCrashError, ConfigError) as exc:
         logger.warning("could not measure %s: %s", artifact.path, exc)
         return None, f"measuring on this host failed: {type(exc).__name__}: {exc.message}"
-    data = report.to_dict() if hasattr(report, "to_dict") else dict(report)  # type: ignore[arg-type]
-    data["model"] = entry.name
-    write_json_atomic(cached_path, data)
-    return {**data, "artifact": artifact.path, "cached": False}, None
+    write_json_atomic(cached_path, report.to_dict())
+    return HostLatency(model=entry.name, artifact=artifact.path, report=report), None
 
 
 def _estimate(artifact: Artifact, target: str, loaded: Any, entry: ModelEntry,
-              cache_root: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """Per-target LatencyEstimate of one artifact's model and recipe (cached by the export's key), or why not."""
+              cache_root: Path) -> tuple[PhoneEstimate | None, str | None]:
+    """Per-target estimate of one artifact's model and recipe (cached by the export's key), or why not."""
     from mobilekit import __version__
+    from mobilekit.estimation.api import LatencyEstimate
 
     key = hashlib.sha256(f"{artifact.cache_key}|{target}|{__version__}".encode()).hexdigest()
     cached_path = _json_cache(cache_root, "estimates", key)
-    hit = _cached_json(cached_path)
+    hit = _cached_json(cached_path, LatencyEstimate.from_dict)
     if hit is not None:
-        return {**hit, "artifact": artifact.path, "cached": True}, None
+        return PhoneEstimate(model=entry.name, artifact=artifact.path, estimate=hit, cached=True), None
     from mobilekit.estimation import estimate
 
     model = loaded()
@@ -104,14 +109,13 @@ def _estimate(artifact: Artifact, target: str, loaded: Any, entry: ModelEntry,
     except ConfigError as exc:  # e.g. the profile lacks the peak this unit and precision need
         logger.warning("no estimate of %s on %s: %s", artifact.path, target, exc)
         return None, f"no estimate for {target}: {exc.message}"
-    data = est.to_dict()
-    data["model"] = entry.name
-    write_json_atomic(cached_path, data)
-    return {**data, "artifact": artifact.path, "cached": False}, None
+    est = replace(est, model=entry.name)
+    write_json_atomic(cached_path, est.to_dict())
+    return PhoneEstimate(model=entry.name, artifact=artifact.path, estimate=est), None
 
 
-def _check(entry: ModelEntry, artifact: Artifact, budget: Budget, report: dict[str, Any] | None,
-           estimates: dict[str, dict[str, Any]], errors: dict[str, str]) -> list[BudgetCheck]:
+def _check(entry: ModelEntry, artifact: Artifact, budget: Budget, report: LatencyReport | None,
+           estimates: dict[str, LatencyEstimate], errors: dict[str, str]) -> list[BudgetCheck]:
     """Every configured limit on one artifact: size, parity, host latency and memory, each target's estimate.
 
     A limit whose value is missing becomes an ``error`` check with the reason from ``errors``
@@ -148,11 +152,11 @@ def _check(entry: ModelEntry, artifact: Artifact, budget: Budget, report: dict[s
         missing = errors.get("host", "not measured")
         if budget.host_ms is not None:
             checks.append(evaluate(where, path, f"latency_{stat}_ms", budget.host_ms,
-                                   None if report is None else report.get(f"{stat}_ms"), kind="host",
+                                   None if report is None else getattr(report, f"{stat}_ms"), kind="host",
                                    source="host", unit="ms", missing=missing))
         if budget.memory_mb is not None:
             checks.append(evaluate(where, path, "memory_delta_mb", budget.memory_mb,
-                                   None if report is None else report.get("memory_delta_mb"), kind="memory",
+                                   None if report is None else report.memory_delta_mb, kind="memory",
                                    source="host", unit="MiB",
                                    missing=missing if report is None else "the runtime does not report peak memory"))
     for target in artifact.targets:
@@ -161,7 +165,7 @@ def _check(entry: ModelEntry, artifact: Artifact, budget: Budget, report: dict[s
             continue
         est = estimates.get(target)
         # an estimate prices one number (its median); a p90/p99 limit is checked against its high end
-        value = None if est is None else est["ms"] if stat in ("p50", "mean") else est.get("high_ms")
+        value = None if est is None else est.ms if stat in ("p50", "mean") else est.high_ms
         base = ", base architecture" if artifact.adapter else ""
         checks.append(evaluate(f"{label} ({target}, estimate{base})", path, f"latency_{stat}_ms", limit, value,
                                kind="phone", source="estimate", unit="ms", target=target,
@@ -210,8 +214,8 @@ def build(config: BuildConfig | str | Path, *, on_progress: ProgressFn | None = 
             on_plan(entry.name, plan)
     cache_root = config.cache_dir or default_cache_dir()
     manifests: dict[str, Manifest] = {}
-    reports: list[dict[str, Any]] = []
-    estimates: list[dict[str, Any]] = []
+    reports: list[HostLatency] = []
+    estimates: list[PhoneEstimate] = []
     checks: list[BudgetCheck] = []
     exported = 0
     total = len(config.models)
@@ -246,24 +250,24 @@ def build(config: BuildConfig | str | Path, *, on_progress: ProgressFn | None = 
         exported += sum(not a.cached for a in manifest.artifacts)
         for a in manifest.artifacts:
             errors: dict[str, str] = {}
-            report = None
+            measured = None
             if config.measure:
                 progress(f"measure {a.path}", i, total)
-                report, why = _measure(a, manifest, entry, config, cache_root)
-                if report is not None:
-                    reports.append(report)
+                measured, why = _measure(a, manifest, entry, config, cache_root)
+                if measured is not None:
+                    reports.append(measured)
                 elif why:
                     errors["host"] = why
-            by_target: dict[str, dict[str, Any]] = {}
+            by_target: dict[str, LatencyEstimate] = {}
             if config.estimate:
                 for t in a.targets:
                     e, why = _estimate(a, t, loaded, entry, cache_root)
                     if e is not None:
-                        by_target[t] = e
+                        by_target[t] = e.estimate
                         estimates.append(e)
                     else:
                         errors[t] = why or "not estimated"
-            checks.extend(_check(entry, a, entry.budgets, report, by_target, errors))
+            checks.extend(_check(entry, a, entry.budgets, measured and measured.report, by_target, errors))
     result = BuildResult(config=str(config.path), out=config.out, manifests=manifests, reports=reports,
                          estimates=estimates, checks=checks, allow_errors=config.allow_errors, exported=exported,
                          seconds=time.perf_counter() - start)

@@ -7,12 +7,6 @@ from mobilekit.artifact import Artifact
 from mobilekit.build_result import BuildResult
 from mobilekit.profiling.html import render_html
 from mobilekit.profiling.markdown import render_markdown
-from mobilekit.profiling.report import LatencyReport
-
-
-def _reports(result: BuildResult) -> list[LatencyReport]:
-    keep = {f.name for f in LatencyReport.__dataclass_fields__.values()}  # type: ignore[attr-defined]
-    return [LatencyReport.from_dict({k: v for k, v in r.items() if k in keep}) for r in result.reports]
 
 
 def parity_text(a: Artifact) -> str:
@@ -48,12 +42,14 @@ def artifact_rows(result: BuildResult) -> list[list[str]]:
 def latency_rows(result: BuildResult) -> list[list[str]]:
     """One row per artifact and latency source: host p50 with its 95% CI, or a target's estimate band."""
     rows = []
-    for r in result.reports:
-        ci = f"[{r.get('ci95_low_ms') or 0:.2f}, {r.get('ci95_high_ms') or 0:.2f}]"
-        rows.append([r.get("model") or "", r["artifact"], "host (measured)", f"{r['p50_ms']:.2f}", ci])
-    for e in result.estimates:
-        rows.append([e.get("model") or "", e["artifact"], f"{e['target']} (estimate, {e.get('compute_unit', '')})",
-                     f"{e['ms']:.2f}", f"[{e['low_ms']:.2f}, {e['high_ms']:.2f}]"])
+    for m in result.reports:
+        r = m.report
+        ci = f"[{r.ci95_low_ms or 0:.2f}, {r.ci95_high_ms or 0:.2f}]"
+        rows.append([m.model, m.artifact, "host (measured)", f"{r.p50_ms:.2f}", ci])
+    for p in result.estimates:
+        e = p.estimate
+        rows.append([p.model, p.artifact, f"{e.target} (estimate, {e.compute_unit})",
+                     f"{e.ms:.2f}", f"[{e.low_ms:.2f}, {e.high_ms:.2f}]"])
     return rows
 
 
@@ -69,7 +65,7 @@ def build_markdown(result: BuildResult) -> str:
              f"the rest from the cache; {result.seconds:.1f} s.", "",
              "| " + " | ".join(ARTIFACT_COLUMNS) + " |", "|" + "---|" * len(ARTIFACT_COLUMNS)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in artifact_rows(result)]
-    lines += ["", render_markdown(_reports(result), estimates=result.estimates, checks=result.checks,
+    lines += ["", render_markdown([m.report for m in result.reports], estimates=[p.estimate for p in result.estimates], checks=result.checks,
                                   title="Latency")]
     return "\n".join(lines) + "\n"
 
@@ -82,5 +78,5 @@ def build_html(result: BuildResult) -> str:
     lead = (f"<p><b class=\"st-{'pass' if result.ok else 'fail'}\">{_html.escape(result.verdict())}</b> — "
             f"{result.exported} artifact(s) built, the rest from the cache, {result.seconds:.1f} s.</p>"
             f"<h2>Artifacts</h2><table><tr>{head}</tr>{body}</table>")
-    return render_html(_reports(result), estimates=result.estimates, checks=result.checks,
+    return render_html([m.report for m in result.reports], estimates=[p.estimate for p in result.estimates], checks=result.checks,
                        title="mobilekit build report", lead=lead)

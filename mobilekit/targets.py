@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mobilekit.errors import ConfigError
+from mobilekit.recipe import FORMATS, PRECISIONS, Recipe
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -40,12 +41,10 @@ __all__ = [
     "get_target",
     "list_targets",
     "load_target_file",
-    "parse_recipe_name",
 ]
 
 PLATFORMS = ("ios", "android")
-FORMATS = ("executorch", "coreml", "tflite", "onnx")
-PRECISIONS = ("fp32", "fp16", "int8-weight", "int8-dynamic", "int8-static")
+# The format/precision vocabulary is the recipe module's; re-exported here for profile readers.
 COMPUTE_KINDS = ("cpu", "gpu", "npu")
 # Keys of ComputeUnit.peak_gops: arithmetic precisions of the hardware, not export recipes.
 PEAK_PRECISIONS = ("fp32", "fp16", "int8")
@@ -147,37 +146,6 @@ class Target:
             "compute_units": [u.to_dict() for u in self.compute_units],
             "sources": dict(self.sources),
         }
-
-
-def parse_recipe_name(recipe: str) -> tuple[str, str | None, str]:
-    """Split a recipe name ``<format>[-<delegate>]-<precision>`` into its three parts.
-
-    Args:
-        recipe: e.g. ``"executorch-xnnpack-int8-dynamic"`` or ``"coreml-fp16"``.
-
-    Returns:
-        ``(format, delegate or None, precision)``.
-
-    Raises:
-        ConfigError: the format or precision is not one mobilekit knows.
-
-    Example:
-        >>> parse_recipe_name("executorch-xnnpack-int8-dynamic")
-        ('executorch', 'xnnpack', 'int8-dynamic')
-    """
-    fmt, _, rest = recipe.partition("-")
-    if fmt not in FORMATS:
-        raise ConfigError(f"recipe {recipe!r} starts with unknown format {fmt!r}", where=recipe,
-                          fix=f"start it with one of {', '.join(FORMATS)}")
-    for precision in sorted(PRECISIONS, key=len, reverse=True):
-        if rest == precision:
-            return fmt, None, precision
-        if rest.endswith("-" + precision):
-            delegate = rest[: -len(precision) - 1]
-            if delegate:
-                return fmt, delegate, precision
-    raise ConfigError(f"recipe {recipe!r} does not end with a known precision", where=recipe,
-                      fix=f"end it with one of {', '.join(PRECISIONS)}")
 
 
 class _FileReader:
@@ -299,9 +267,10 @@ def _parse_target(path: str, stem: str, data: dict[str, Any]) -> Target:
     for i, recipe in enumerate(recipes):
         key = "default_recipe" if i == 0 else f"recipes[{i}]"
         try:
-            fmt, delegate, _ = parse_recipe_name(recipe)
+            parsed = Recipe.parse(recipe)
         except ConfigError as exc:
             raise r.fail(key, exc.message, fix=exc.fix) from None
+        fmt, delegate = parsed.format, parsed.delegate
         if fmt not in formats:
             raise r.fail(key, f"uses format {fmt!r}, which is not in [formats]")
         if delegate is not None and delegate not in formats[fmt]:

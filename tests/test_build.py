@@ -73,20 +73,20 @@ def test_build_then_rebuild_nothing_then_only_the_changed_model(project):
     assert first.exported == 3  # conv fp32, mlp fp32, mlp int8 (each shared by both targets)
     for name in ("build.json", "report.md", "report.html"):
         assert (first.out / name).is_file()
-    assert {r["artifact"] for r in first.reports} == {a.path for m in first.manifests.values() for a in m.artifacts}
-    assert {e["target"] for e in first.estimates} == {"pixel-8", "iphone-15-pro"}
+    assert {r.artifact for r in first.reports} == {a.path for m in first.manifests.values() for a in m.artifacts}
+    assert {e.estimate.target for e in first.estimates} == {"pixel-8", "iphone-15-pro"}
     assert {c.metric for c in first.checks} == {"artifact_size_mb", "latency_p50_ms"}
     # every artifact: one size check, one host check, one estimate check per target; each says its source
     assert len(first.checks) == 3 * (1 + 1 + 2) and all(c.status == "pass" for c in first.checks)
     assert {(c.kind, c.source, c.target) for c in first.checks if c.kind in ("host", "phone")} == {
         ("host", "host", None), ("phone", "estimate", "pixel-8"), ("phone", "estimate", "iphone-15-pro")}
-    assert all(r["target"] is None and r["source"] == "host" for r in first.reports)  # not labelled as a phone
+    assert all(r.report.target is None and r.report.source == "host" for r in first.reports)  # not labelled as a phone
 
     _reload_models()
     second = build(project / "mobilekit.toml")
     assert second.exported == 0
     assert all(a.cached for m in second.manifests.values() for a in m.artifacts)
-    assert all(r["cached"] for r in second.reports) and all(e["cached"] for e in second.estimates)
+    assert all(r.cached for r in second.reports) and all(e.cached for e in second.estimates)
 
     (project / "bmodels.py").write_text(MODELS_PY.format(seed=7))
     _reload_models()
@@ -108,6 +108,10 @@ def test_budget_failure_exits_non_zero_with_summary_and_junit(project):
     assert int(suite.get("failures") or suite.find("testsuite").get("failures")) > 0
     data = json.loads((project / "build" / "mobilekit" / "build.json").read_text())
     assert data["ok"] is False
+    # build.json keeps each measurement's and estimate's labels beside the report's own fields
+    assert data["reports"] and all(r["model"] and r["artifact"] and r["source"] == "host" for r in data["reports"])
+    assert data["estimates"] and all(e["target"] in ("pixel-8", "iphone-15-pro") and e["artifact"]
+                                     for e in data["estimates"])
 
 
 def test_xcode_build_phase_copies_ios_artifacts(project, tmp_path):
@@ -174,7 +178,7 @@ def test_host_reports_of_single_target_artifacts_carry_no_phone_target(project):
                                                                                   'cache_dir = "cache3"'))
     _reload_models()
     result = build(project / "mobilekit.toml")
-    assert result.reports and all(r["target"] is None and r["source"] == "host" for r in result.reports)
+    assert result.reports and all(r.report.target is None and r.report.source == "host" for r in result.reports)
 
 
 def test_a_failed_host_measurement_is_an_error_check(project, monkeypatch):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mobilekit.errors import ConfigError
+from mobilekit.recipe import Recipe
 from mobilekit.targets import (
     COMPUTE_KINDS,
     FORMATS,
@@ -20,7 +21,6 @@ from mobilekit.targets import (
     get_target,
     list_targets,
     load_target_file,
-    parse_recipe_name,
 )
 
 PROFILE_DIR = Path(str(importlib.resources.files("mobilekit.profiles")))
@@ -77,22 +77,15 @@ def test_recipes_fit_formats(target):
     assert target.recipes[0] == target.default_recipe
     assert len(set(target.recipes)) == len(target.recipes)
     for recipe in target.recipes:
-        fmt, delegate, precision = parse_recipe_name(recipe)
-        assert fmt in target.formats and fmt in FORMATS
-        assert delegate is None or delegate in target.formats[fmt]
-        assert precision in PRECISIONS
+        parsed = Recipe.parse(recipe)
+        assert parsed.name == recipe or parsed.name == recipe.replace("executorch-", "executorch-xnnpack-", 1)
+        assert parsed.format in target.formats and parsed.format in FORMATS
+        assert parsed.delegate is None or parsed.delegate in target.formats[parsed.format]
+        assert parsed.precision in PRECISIONS
     if target.platform == "ios":
         assert "coreml" in target.formats
     else:
         assert "coreml" not in target.formats and target.coreml_deployment_target is None
-
-
-def test_recipes_parse_with_the_recipe_module():
-    recipe = pytest.importorskip("mobilekit.recipe")
-    for target in list_targets():
-        for name in target.recipes:
-            parsed = recipe.Recipe.parse(name)
-            assert parse_recipe_name(name) == (parsed.format, parsed.delegate, parsed.precision)
 
 
 def test_derived_cpu_peaks_show_their_arithmetic():
@@ -137,14 +130,12 @@ def test_unit_rejects_unknown_kind():
         get_target("pixel-8").unit("tpu")
 
 
-def test_parse_recipe_name():
-    assert parse_recipe_name("executorch-xnnpack-int8-dynamic") == ("executorch", "xnnpack", "int8-dynamic")
-    assert parse_recipe_name("coreml-fp16") == ("coreml", None, "fp16")
-    assert parse_recipe_name("tflite-gpu-fp16") == ("tflite", "gpu", "fp16")
-    with pytest.raises(ConfigError, match="unknown format"):
-        parse_recipe_name("tensorrt-fp16")
-    with pytest.raises(ConfigError, match="precision"):
-        parse_recipe_name("coreml-int4")
+def test_profile_with_an_unparseable_recipe_names_file_and_key(tmp_path):
+    text = (PROFILE_DIR / "pixel-8.toml").read_text()
+    bad = tmp_path / "pixel-8.toml"
+    bad.write_text(text.replace('"tflite-fp16"', '"tflite-gpu-fp16"', 1))
+    with pytest.raises(ConfigError, match=r"recipes\[\d\].*precision"):
+        load_target_file(bad)
 
 
 # ---- malformed files: each edit of a real profile must fail naming the file and the key ----

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from mobilekit.errors import ConfigError, MobilekitWarning
+from mobilekit.recipe import Recipe
 from mobilekit.estimation.bands import band_for
 from mobilekit.estimation.devices import DeviceSpec, peak_key, spec_for
 from mobilekit.estimation.graph import PRECISION_BYTES, GraphCost, analyze
@@ -88,8 +89,8 @@ def _default_recipe(target: Any) -> tuple[str | None, str | None, str | None]:
     recipe = getattr(target, "default_recipe", None)
     if not recipe:
         return None, None, None
-    from mobilekit.targets import parse_recipe_name
-    return parse_recipe_name(recipe)
+    parsed = Recipe.parse(recipe)
+    return parsed.format, parsed.delegate, parsed.precision
 
 
 def _pick_unit(target: Any, fmt: str | None, delegate: str | None, precision: str) -> str:
