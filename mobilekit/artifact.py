@@ -16,6 +16,7 @@ from typing import Any
 from mobilekit._io import write_json_atomic
 from mobilekit.errors import ConfigError
 from mobilekit.parity import Parity
+from mobilekit.images import ImageParity
 from mobilekit.sampling import SamplingParity
 from mobilekit.recipe import Recipe
 
@@ -83,6 +84,7 @@ class Artifact:
         extra_files: other files belonging to the artifact (e.g. ExecuTorch .ptd weights), relative paths.
         adapter: the adapter name when the artifact is for one adapter, else None.
         sampling: agreement with PyTorch over a sampling loop (denoisers exported with ``sampling``).
+        images: agreement of the output images as 8-bit pictures (image models exported with ``image``).
         notes: human-readable remarks (fallbacks, skipped checks).
     """
 
@@ -103,6 +105,7 @@ class Artifact:
     adapter: str | None = None
     notes: tuple[str, ...] = ()
     sampling: SamplingParity | None = None
+    images: ImageParity | None = None
 
     @property
     def format(self) -> str:
@@ -129,6 +132,7 @@ class Artifact:
         d["outputs"] = [s.to_dict() for s in self.outputs]
         d["parity"] = self.parity.to_dict()
         d["sampling"] = self.sampling.to_dict() if self.sampling else None
+        d["images"] = self.images.to_dict() if self.images else None
         d["targets"] = list(self.targets)
         d["extra_files"] = list(self.extra_files)
         d["notes"] = list(self.notes)
@@ -145,6 +149,7 @@ class Artifact:
         d["outputs"] = tuple(TensorSpec.from_dict(s) for s in d["outputs"])
         d["parity"] = Parity(**d["parity"])
         d["sampling"] = SamplingParity(**d["sampling"]) if d.get("sampling") else None
+        d["images"] = ImageParity(**d["images"]) if d.get("images") else None
         d["targets"] = tuple(d["targets"])
         d["extra_files"] = tuple(d.get("extra_files", ()))
         d["notes"] = tuple(d.get("notes", ()))

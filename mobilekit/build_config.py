@@ -32,6 +32,7 @@ from typing import Any
 
 from mobilekit.errors import ConfigError
 from mobilekit.profiling.budget import CHECK_KINDS, Budget
+from mobilekit.images import ImageOutput
 from mobilekit.sampling import Sampling
 from mobilekit.recipe import FORMATS, PRECISION_ALIASES, PRECISIONS, AdapterPolicy
 
@@ -50,12 +51,13 @@ BUDGET_KEYS = {"host_latency_ms": "most latency measured on this host, ms",
                "memory_mb": "peak memory the model adds while running on this host, MiB",
                "min_cosine": "lowest cosine similarity with PyTorch", "min_psnr_db": "lowest PSNR against PyTorch, dB",
                "min_sample_cosine": "lowest cosine of a denoiser's final sample after the sampling loop",
-               "min_sample_psnr_db": "lowest PSNR of a denoiser's final sample after the sampling loop, dB"}
+               "min_sample_psnr_db": "lowest PSNR of a denoiser's final sample after the sampling loop, dB",
+               "min_image_psnr_db": "lowest PSNR of an image model's output as 8-bit pictures (peak 255), dB"}
 # Budget keys as the TOML names them → the Budget field they fill
 _BUDGET_FIELDS = {"host_latency_ms": "host_ms", "phone_latency_ms": "phone_ms", "latency_stat": "stat",
                   "size_mb": "size_mb", "memory_mb": "memory_mb", "min_cosine": "min_cosine",
                   "min_psnr_db": "min_psnr_db", "min_sample_cosine": "min_sample_cosine",
-                  "min_sample_psnr_db": "min_sample_psnr_db"}
+                  "min_sample_psnr_db": "min_sample_psnr_db", "min_image_psnr_db": "min_image_psnr_db"}
 MODEL_KEYS = {"spec": "builtin:NAME, package.module:function, or a model folder",
               "inputs": "input shapes for a model folder", "targets": "override [build].targets",
               "formats": "override [build].formats", "precisions": "override [build].precisions",
@@ -63,6 +65,8 @@ MODEL_KEYS = {"spec": "builtin:NAME, package.module:function, or a model folder"
               "budgets": "override [budgets]",
               "sampling": "check a diffusion denoiser over a sampling loop: true, or {steps, scheduler, "
                           "latents_input, timestep_input, seed}",
+              "image_output": "compare an image model's output as 8-bit pictures: true ([-1, 1]), [low, high], "
+                              "or {output, range}",
               "calibration": "int8-static calibration batches: .npz/.safetensors, input name -> [N, *shape]",
               "parity_inputs": "inputs parity is checked on besides the example: .npz/.safetensors, input name -> "
                                "[N, *shape] (kept apart from calibration)"}
@@ -85,6 +89,7 @@ class ModelEntry:
         calibration: file of int8-static calibration batches, or None (the spec's own, else synthesized).
         parity_inputs: file of parity inputs besides the example, or None (held-out ones synthesized).
         sampling: the sampling loop a denoiser is checked over, or None.
+        image: which output is an image (and its range), for 8-bit image parity, or None.
     """
 
     name: str
@@ -99,6 +104,7 @@ class ModelEntry:
     calibration: Path | None = None
     parity_inputs: Path | None = None
     sampling: Sampling | None = None
+    image: ImageOutput | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -251,6 +257,15 @@ class _Reader:
             raise ConfigError(f"sampling in [{table}]: {getattr(exc, 'message', exc)}",
                               where=self.where(table, "sampling"), fix=getattr(exc, "fix", None)) from exc
 
+    def image(self, table: str, value: Any) -> ImageOutput | None:
+        if value is False:
+            return None
+        try:
+            return ImageOutput.parse(value)
+        except ConfigError as exc:
+            raise ConfigError(f"image_output in [{table}]: {exc.message}", where=self.where(table, "image_output"),
+                              fix=exc.fix) from exc
+
     def allow_errors(self, value: Any) -> bool | tuple[str, ...]:
         if isinstance(value, bool):
             return value
@@ -335,6 +350,7 @@ def load_build_config(path: str | Path) -> BuildConfig:
             adapters={k: (path.parent / v).resolve() for k, v in adapters.items()}, adapter_policy=policy,
             budgets=budgets.merged(model_budgets),
             sampling=r.sampling(table, entry["sampling"]) if "sampling" in entry else None,
+            image=r.image(table, entry["image_output"]) if "image_output" in entry else None,
             **{key: r.file(table, key, entry[key], path.parent) for key in ("calibration", "parity_inputs")
                if key in entry}))
     for key, kind in (("measure", bool), ("estimate", bool), ("max_seconds", (int, float)), ("workers", int),

@@ -146,6 +146,13 @@ def _check(entry: ModelEntry, artifact: Artifact, budget: Budget, report: Latenc
         where = f"{label} (sampling loop" + (f", {s.steps} {s.scheduler} steps)" if s else ")")
         checks.append(evaluate(where, path, metric, limit, value, kind="sampling", source="parity", floor=True,
                                missing=why))
+    im = artifact.images
+    if budget.min_image_psnr_db is not None:
+        why = ("the model declares no image output (image_output = ... in its table)" if im is None
+               else im.reason or "" if im.status == "not-run" else "")
+        value = None if im is None or im.status == "not-run" else im.psnr_db
+        checks.append(evaluate(f"{label} (output images, 8-bit)", path, "min_image_psnr_db", budget.min_image_psnr_db,
+                               value, kind="images", source="parity", floor=True, missing=why))
     host_runs = (artifact.format, artifact.delegate) in HOST_FORMATS
     if host_runs:
         where = f"{label} (this host, measured)"
@@ -242,7 +249,7 @@ def build(config: BuildConfig | str | Path, *, on_progress: ProgressFn | None = 
             manifest = export(spec.model, spec.example_inputs, targets=list(entry.targets), out_dir=out,
                               precision=list(entry.precisions) or None, formats=list(entry.formats) or None,
                               calibration=cal, parity_inputs=held, parity_samples=config.parity_samples,
-                              sampling=entry.sampling,
+                              sampling=entry.sampling, image=entry.image or spec.image,
                               cache_dir=config.cache_dir,
                               workers=config.workers, model_name=entry.name,
                               input_names=spec.input_names or None, adapter_policy=entry.adapter_policy)

@@ -13,6 +13,10 @@ from typing import Any
 import torch
 
 from mobilekit.errors import ConfigError
+from mobilekit.images import ImageOutput
+
+# The E2GAN generator ends in tanh/clamp: its output 0 is an image in [-1, 1].
+GAN_IMAGE = ImageOutput(output=0, low=-1.0, high=1.0)
 
 
 class DiTForExport(torch.nn.Module):
@@ -31,13 +35,15 @@ class DiTForExport(torch.nn.Module):
 
 @dataclass(frozen=True)
 class BuiltinModel:
-    """A built-in model: the module, its example inputs, calibration batches and a name."""
+    """A built-in model: the module, its example inputs, calibration batches, a name and, for an
+    image-to-image model, which output is the image (for 8-bit image parity)."""
 
     name: str
     model: torch.nn.Module
     example_inputs: tuple[torch.Tensor, ...]
     calibration: list[tuple[torch.Tensor, ...]] = field(default_factory=list)
     input_names: tuple[str, ...] = ()
+    image: ImageOutput | None = None
 
 
 DIT_TINY_CONFIG: dict[str, Any] = {
@@ -79,7 +85,8 @@ def _gan_tiny(seed: int) -> BuiltinModel:
     config = E2GANConfig.tiny()
     gen = E2GANGenerator(config).eval()
     return BuiltinModel("gan-tiny", gen, gan_inputs(config, seed=seed),
-                        [gan_inputs(config, seed=seed + 1 + i) for i in range(8)], ("image", "text_embeds"))
+                        [gan_inputs(config, seed=seed + 1 + i) for i in range(8)], ("image", "text_embeds"),
+                        GAN_IMAGE)
 
 
 BUILTINS: dict[str, Callable[[int], BuiltinModel]] = {"dit-tiny": _dit_tiny, "gan-tiny": _gan_tiny}

@@ -37,6 +37,7 @@ from mobilekit.converters._torch_common import flatten_outputs as _flatten_outpu
 from mobilekit.errors import ConfigError, ExportError, MobilekitError, ParityError, RuntimeCrashError
 from mobilekit.inputs import CALIBRATION_SEED, PARITY_SEED, held_out_inputs, same_batch
 from mobilekit.parity import Parity, compare_many, tolerance_for
+from mobilekit.images import ImageOutput, ImageParity, compare_images, image_tolerance_for
 from mobilekit.sampling import (SAMPLE_TOLERANCES, Sampling, SamplingParity, artifact_trajectory,
                                 compare_trajectories, reference_trajectory)
 from mobilekit.plan import plan_exports
@@ -102,6 +103,14 @@ def _verify(path: Path, recipe: Recipe, feeds: Sequence[tuple[torch.Tensor, ...]
             references: Sequence[list[np.ndarray]], tolerances: Mapping[str, Mapping[str, float]] | None,
             extra: Sequence[Path], io: tuple[list[Any] | None, list[Any] | None] = (None, None)) -> Parity:
     """Run the artifact on every parity input with its real runtime in a child process; compare with PyTorch."""
+    return _run_parity(path, recipe, feeds, references, tolerances, extra, io)[0]
+
+
+def _run_parity(path: Path, recipe: Recipe, feeds: Sequence[tuple[torch.Tensor, ...]],
+                references: Sequence[list[np.ndarray]], tolerances: Mapping[str, Mapping[str, float]] | None,
+                extra: Sequence[Path], io: tuple[list[Any] | None, list[Any] | None] = (None, None),
+                ) -> tuple[Parity, list[list[np.ndarray]] | None]:
+    """``_verify`` that also returns the artifact's outputs per input (None when it could not run here)."""
     from mobilekit.runtime import run_artifact_many
 
     tol = tolerance_for(recipe.precision, tolerances)
@@ -119,10 +128,10 @@ def _verify(path: Path, recipe: Recipe, feeds: Sequence[tuple[torch.Tensor, ...]
                                + (", inputs and outputs match the model's" if io[0] is not None else ""))
                 except MobilekitError as exc:
                     return Parity(status="fail", runtime="coremltools", tolerance=tol,
-                                  reason=f"structural check failed: {exc}")
+                                  reason=f"structural check failed: {exc}"), None
                 except ImportError:
                     pass
-            return Parity(status="not-run", tolerance=tol, reason=reason)
+            return Parity(status="not-run", tolerance=tol, reason=reason), None
     try:
         outputs = run_artifact_many(path, [[t.detach().numpy() for t in feed] for feed in feeds],
                                     **_runtime_options(extra))
@@ -132,7 +141,7 @@ def _verify(path: Path, recipe: Recipe, feeds: Sequence[tuple[torch.Tensor, ...]
                           "--no-verify to keep the artifact unchecked") from exc
     from mobilekit.runtime.runners import runtime_name
 
-    return compare_many(references, outputs, tolerance=tol, runtime=runtime_name(path))
+    return compare_many(references, outputs, tolerance=tol, runtime=runtime_name(path)), outputs
 
 
 def _build_one(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], recipe: Recipe, workdir: Path,
@@ -140,7 +149,7 @@ def _build_one(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...],
                references: Sequence[list[np.ndarray]], verify: bool,
                tolerances: Mapping[str, Mapping[str, float]] | None,
                options: dict[str, Any], sampling: Sampling | None = None,
-               sample_ref: list[np.ndarray] | None = None) -> dict[str, Any]:
+               sample_ref: list[np.ndarray] | None = None, image: ImageOutput | None = None) -> dict[str, Any]:
     """Convert and verify one recipe inside ``workdir``; return the cache record. Runs in a worker too."""
     start = time.perf_counter()
     result = _convert(model, example_inputs, recipe, workdir, calibration, options)
@@ -152,8 +161,14 @@ def _build_one(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...],
     io = ([(n, tuple(t.shape)) for n, t in zip(result.input_names, example_inputs)] if result.input_names else None,
           [(n, tuple(r.shape)) for n, r in zip(result.output_names, references[0])]
           if result.output_names and len(result.output_names) == len(references[0]) else None)
-    parity = (_verify(main, recipe, feeds, references, tolerances, extra, io) if verify
-              else Parity.not_run("not run: --no-verify"))
+    parity, outputs = (_run_parity(main, recipe, feeds, references, tolerances, extra, io) if verify
+                       else (Parity.not_run("not run: --no-verify"), None))
+    images = None
+    if image is not None:
+        tol = image_tolerance_for(recipe.precision, tolerances)
+        images = (compare_images(references, outputs, image=image, tolerance=tol) if outputs is not None
+                  else ImageParity(status="not-run", output=image.output, low=image.low, high=image.high,
+                                   tolerance=tol, reason=parity.reason)).to_dict()
     stages = dict(result.stages)
     stages["validate"] = time.perf_counter() - t0
     sampled = None
@@ -164,7 +179,7 @@ def _build_one(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...],
     return {"filename": result.filename, "extra_files": list(result.extra_files), "stages": stages,
             "input_names": list(result.input_names), "output_names": list(result.output_names),
             "input_dtypes": result.input_dtypes, "notes": list(result.notes), "parity": parity.to_dict(),
-            "sampling": sampled,
+            "sampling": sampled, "images": images,
             "export_seconds": time.perf_counter() - start, "sha256": sha256_of(main),
             "size_bytes": size_of(main) + sum(size_of(p) for p in extra)}
 
@@ -177,7 +192,7 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
            input_names: Sequence[str] | None = None, adapter_policy: str = "fuse",
            converter_options: Mapping[str, Any] | None = None, on_progress: ProgressFn | None = None,
            parity_inputs: Sequence[Sequence[torch.Tensor]] | None = None, parity_samples: int = 4,
-           sampling: Sampling | None = None) -> Manifest:
+           sampling: Sampling | None = None, image: ImageOutput | None = None) -> Manifest:
     """Export ``model`` for each target and return the manifest written to ``out_dir/manifest.json``.
 
     Args:
@@ -206,6 +221,8 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
         parity_samples: how many inputs parity compares when ``parity_inputs`` is None (>= 1).
         sampling: for a diffusion denoiser, also run this sampling loop with every artifact and with
             PyTorch from the same noise and compare the final samples (``Artifact.sampling``).
+        image: for an image-to-image model, which output is an image and its value range; parity then
+            also compares the output images as 8-bit pictures (``Artifact.images``).
 
     Returns:
         The Manifest (also written as ``out_dir/manifest.json``).
@@ -274,7 +291,8 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
     model_fp = model_fingerprint(model, graph_code)
     inputs_fp = inputs_fingerprint(example, cal)
     options_fp = {"parity_inputs": inputs_fingerprint(example, feeds),
-                  "sampling": sampling.to_dict() if sampling else None}
+                  "sampling": sampling.to_dict() if sampling else None,
+                  **({"image": image.to_dict()} if image else {})}
     options = dict(converter_options or {})
     cache = ExportCache(Path(cache_dir) if cache_dir else None)
 
@@ -317,7 +335,7 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
             for i in to_build:
                 wd = cache.new_workdir()
                 jobs[pool.submit(_build_one, model, example, plans[i].recipe, wd, cal, feeds, references, verify,
-                                 tolerances, options, sampling, sample_ref)] = (i, wd)
+                                 tolerances, options, sampling, sample_ref, image)] = (i, wd)
             for fut in cf.as_completed(jobs):
                 i, wd = jobs[fut]
                 try:
@@ -333,7 +351,7 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
             wd = cache.new_workdir()
             try:
                 finish(i, _build_one(model, example, plans[i].recipe, wd, cal, feeds, references, verify,
-                                     tolerances, options, sampling, sample_ref), wd)
+                                     tolerances, options, sampling, sample_ref, image), wd)
             except BaseException:
                 shutil.rmtree(wd, ignore_errors=True)
                 raise
@@ -376,7 +394,8 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
             parity=Parity(**record["parity"]), export_seconds=round(record["export_seconds"], 3),
             stages={k: round(v, 4) for k, v in record["stages"].items()}, toolchain=toolchain, cache_key=plan.key,
             cached=cached, extra_files=tuple(extras), notes=tuple(record["notes"]),
-            sampling=SamplingParity(**record["sampling"]) if record.get("sampling") else None))
+            sampling=SamplingParity(**record["sampling"]) if record.get("sampling") else None,
+            images=ImageParity(**record["images"]) if record.get("images") else None))
     manifest = Manifest(model=name, artifacts=tuple(artifacts), toolchain=toolchain, plan=export_plan.to_dict(),
                         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), root=out)
     manifest.write(out)

@@ -28,13 +28,24 @@ def sampling_text(a: Artifact) -> str:
     return f"{s.status} (cos {s.cosine:.5f}, {s.psnr_db:.1f} dB after {s.steps} {s.scheduler} steps)"
 
 
+def images_text(a: Artifact) -> str:
+    """One artifact's output-image parity (8-bit pictures) in words, or ``–`` when the model has no image output."""
+    im = a.images
+    if im is None:
+        return "–"
+    if im.status == "not-run" or im.psnr_db is None:
+        return im.reason or im.status
+    return (f"{im.status} ({im.psnr_db:.1f} dB, at most {im.max_level_diff} levels off, "
+            f"{im.levels_off_pct:.2f}% > 1 level)")
+
+
 def artifact_rows(result: BuildResult) -> list[list[str]]:
     """One row per artifact: model, file, recipe, targets, size, parity, sampling, built or cached."""
     rows = []
     for name, manifest in result.manifests.items():
         for a in manifest.artifacts:
             rows.append([name, a.path, a.recipe.name, ", ".join(a.targets), f"{a.size_bytes / 2**20:.2f} MiB",
-                         parity_text(a), sampling_text(a),
+                         parity_text(a), sampling_text(a), images_text(a),
                          "cached" if a.cached else f"built in {a.export_seconds:.1f} s"])
     return rows
 
@@ -55,7 +66,7 @@ def latency_rows(result: BuildResult) -> list[list[str]]:
 
 LATENCY_COLUMNS = ["model", "artifact", "where", "p50 ms", "range ms"]
 ARTIFACT_COLUMNS = ["model", "artifact", "recipe", "targets", "size", "parity vs PyTorch", "sampling loop vs PyTorch",
-                    "export"]
+                    "output images (8-bit)", "export"]
 
 
 def build_markdown(result: BuildResult) -> str:

@@ -19,6 +19,7 @@ import torch
 
 from mobilekit.inputs import random_inputs
 from mobilekit.errors import ConfigError
+from mobilekit.images import ImageOutput
 
 
 @dataclass
@@ -30,6 +31,7 @@ class LoadedSpec:
     example_inputs: tuple[torch.Tensor, ...]
     calibration: list[tuple[torch.Tensor, ...]] = field(default_factory=list)
     input_names: tuple[str, ...] = ()
+    image: ImageOutput | None = None  # the image output of an image-to-image model, for 8-bit image parity
 
     def names(self) -> list[str]:
         """The inputs' names: the spec's own, else forward's parameter names."""
@@ -93,13 +95,13 @@ _MOBILEKIT_KINDS = {"E2GANGenerator": "mobilekit.train.e2gan.models:E2GANGenerat
 
 
 def _load_mobilekit_folder(folder: Path, kind: str, seed: int) -> LoadedSpec:
-    from mobilekit.builtins import gan_inputs
+    from mobilekit.builtins import GAN_IMAGE, gan_inputs
 
     module, cls_name = _MOBILEKIT_KINDS[kind].split(":")
     model = getattr(importlib.import_module(module), cls_name).from_pretrained(folder).eval()
     config = model.config
     return LoadedSpec(folder.name, model, gan_inputs(config, seed=seed),
-                      [gan_inputs(config, seed=seed + 1 + i) for i in range(8)], ("image", "text_embeds"))
+                      [gan_inputs(config, seed=seed + 1 + i) for i in range(8)], ("image", "text_embeds"), GAN_IMAGE)
 
 
 def _load_diffusers_folder(folder: Path, inputs: list[str]) -> LoadedSpec:
@@ -158,13 +160,13 @@ def load_spec(spec: str, *, inputs: list[str] | None = None, seed: int = 0) -> L
         from mobilekit.builtins import build_builtin
 
         b = build_builtin(spec, seed=seed)
-        return LoadedSpec(b.name, b.model, b.example_inputs, b.calibration, b.input_names)
+        return LoadedSpec(b.name, b.model, b.example_inputs, b.calibration, b.input_names, b.image)
     if spec.startswith("zoo:"):
         from mobilekit.zoo import build_zoo_model
 
         name, _, size = spec.partition("@")  # zoo:dit@real is the published size
         b = build_zoo_model(name, size=size or "tiny", seed=seed)
-        return LoadedSpec(b.name, b.model, b.example_inputs, b.calibration, b.input_names)
+        return LoadedSpec(b.name, b.model, b.example_inputs, b.calibration, b.input_names, b.image)
     path = Path(spec)
     if path.is_dir():
         if not (path / "config.json").exists():

@@ -328,14 +328,15 @@ def _flux(_size: str, seed: int) -> BuiltinModel:
 
 
 def _e2gan(size: str, seed: int) -> BuiltinModel:
-    from mobilekit.builtins import gan_inputs
+    from mobilekit.builtins import GAN_IMAGE, gan_inputs
     from mobilekit.train.e2gan.models import E2GANConfig, E2GANGenerator
 
     torch.manual_seed(seed)
     config = E2GANConfig() if size == "real" else E2GANConfig.tiny()
     gen = E2GANGenerator(config).eval()
     example, cal = _batches(lambda s: gan_inputs(config, seed=s), seed)
-    return BuiltinModel("e2gan" if size == "tiny" else "e2gan-256", gen, example, cal, ("image", "text_embeds"))
+    return BuiltinModel("e2gan" if size == "tiny" else "e2gan-256", gen, example, cal, ("image", "text_embeds"),
+                        GAN_IMAGE)
 
 
 def _entries() -> dict[str, ZooEntry]:

@@ -82,3 +82,15 @@ def test_no_models_and_invalid_toml(tmp_path):
         load_build_config(_write(tmp_path, "[build\n"))
     with pytest.raises(ConfigError, match="has no targets"):
         load_build_config(_write(tmp_path, "[models.a]\nspec='builtin:dit-tiny'\n"))
+
+
+def test_image_output_and_its_budget(tmp_path):
+    text = GOOD.replace('formats = ["tflite"]', 'formats = ["tflite"]\nimage_output = [0, 1]').replace(
+        "size_mb = 4", "size_mb = 4\nmin_image_psnr_db = 30")
+    dit, gan = load_build_config(_write(tmp_path, text)).models
+    assert gan.image is not None and (gan.image.low, gan.image.high) == (0.0, 1.0) and dit.image is None
+    assert gan.budgets.min_image_psnr_db == 30
+    bad = GOOD.replace('formats = ["tflite"]', 'formats = ["tflite"]\nimage_output = "bright"')
+    with pytest.raises(ConfigError,
+                       match=r"image_output in \[models.gan\]: cannot read image output 'bright'.*mobilekit.toml:17"):
+        load_build_config(_write(tmp_path, bad))

@@ -20,21 +20,24 @@ def _human_bytes(n: int) -> str:
 
 def manifest_rows(manifest: Any) -> list[list[Any]]:
     """Table rows for a manifest: artifact, targets, recipe, size, parity, seconds."""
-    from mobilekit.reporting import parity_text, sampling_text
+    from mobilekit.reporting import images_text, parity_text, sampling_text
 
+    sampled = any(a.sampling for a in manifest.artifacts)
+    imaged = any(a.images for a in manifest.artifacts)
     rows = []
     for a in manifest.artifacts:
         rows.append([a.path, ", ".join(a.targets), a.recipe.name, _human_bytes(a.size_bytes), parity_text(a)]
-                    + ([sampling_text(a)] if a.sampling else [])
+                    + ([sampling_text(a)] if sampled else []) + ([images_text(a)] if imaged else [])
                     + ["cached" if a.cached else f"{a.export_seconds:.1f}s"])
     return rows
 
 
 def manifest_columns(manifest: Any) -> list[str]:
-    """Column names for ``manifest_rows`` (the sampling column only when a loop was run)."""
+    """Column names for ``manifest_rows`` (sampling and image columns only when those checks ran)."""
     sampled = any(a.sampling for a in manifest.artifacts)
+    imaged = any(a.images for a in manifest.artifacts)
     return ["artifact", "targets", "recipe", "size", "parity vs PyTorch"] + (
-        ["sampling loop vs PyTorch"] if sampled else []) + ["export"]
+        ["sampling loop vs PyTorch"] if sampled else []) + (["output images (8-bit)"] if imaged else []) + ["export"]
 
 
 def parse_tolerances(items: list[str]) -> dict[str, dict[str, float]]:
@@ -44,12 +47,12 @@ def parse_tolerances(items: list[str]) -> dict[str, dict[str, float]]:
         try:
             prec, _, rest = item.partition(":")
             metric, _, value = rest.partition("=")
-            if metric not in ("cosine", "psnr_db"):
+            if metric not in ("cosine", "psnr_db", "image_psnr_db"):
                 raise ValueError(metric)
             out.setdefault(prec, {})[metric] = float(value)
         except ValueError as exc:
             raise ConfigError(f"cannot read tolerance {item!r}", where="--tolerance",
-                              fix="write PRECISION:cosine=0.99 or PRECISION:psnr_db=30") from exc
+                              fix="write PRECISION:cosine=0.99, PRECISION:psnr_db=30 or PRECISION:image_psnr_db=30") from exc
     return out
 
 
@@ -67,9 +70,10 @@ def register(app: typer.Typer) -> None:
         calibration: Annotated[Path | None, typer.Option("--calibration", help=".npz/.safetensors of calibration batches for int8-static (input name -> [N, *shape])")] = None,
         parity_inputs: Annotated[Path | None, typer.Option("--parity-inputs", help=".npz/.safetensors of inputs parity is checked on, besides the example (input name -> [N, *shape])")] = None,
         parity_samples: Annotated[int, typer.Option("--parity-samples", help="inputs parity compares when --parity-inputs is not given: the example and N-1 held-out ones")] = 4,
-        tolerance: Annotated[list[str] | None, typer.Option("--tolerance", help="PRECISION:cosine=0.99 or PRECISION:psnr_db=30")] = None,
+        tolerance: Annotated[list[str] | None, typer.Option("--tolerance", help="PRECISION:cosine=0.99, PRECISION:psnr_db=30 or PRECISION:image_psnr_db=30 (8-bit output images)")] = None,
         sampling_steps: Annotated[int, typer.Option("--sampling-steps", help="for a diffusion denoiser: also compare N steps of a sampling loop with PyTorch (0: off)")] = 0,
         sampling_scheduler: Annotated[str, typer.Option("--sampling-scheduler", help="ddim, euler or dpm (diffusers schedulers)")] = "ddim",
+        image_range: Annotated[str | None, typer.Option("--image-range", help="for an image-to-image model: output 0 is an image with values LOW,HIGH (e.g. -1,1); parity also compares it as 8-bit pictures. Built-in GANs set it themselves")] = None,
         no_verify: Annotated[bool, typer.Option("--no-verify", help="skip the parity check entirely (artifacts are marked unverified)")] = False,
         no_cache: Annotated[bool, typer.Option("--no-cache", help="rebuild even when cached")] = False,
         workers: Annotated[int, typer.Option("--workers", help="parallel export processes")] = 1,
@@ -78,6 +82,7 @@ def register(app: typer.Typer) -> None:
         """Export a model for named phones: quantized, checked against PyTorch, listed in manifest.json."""
         from mobilekit.cli._output import err_console, print_json, print_table, progress_callback
         from mobilekit.exporting import export
+        from mobilekit.images import ImageOutput
         from mobilekit.plan import plan_exports
         from mobilekit.sampling import Sampling
         from mobilekit.spec import load_spec
@@ -95,7 +100,9 @@ def register(app: typer.Typer) -> None:
                               model_name=loaded.name, input_names=loaded.input_names or None,
                               on_progress=on_progress, parity_inputs=held, parity_samples=parity_samples,
                               sampling=Sampling(steps=sampling_steps, scheduler=sampling_scheduler)
-                              if sampling_steps else None)
+                              if sampling_steps else None,
+                              image=ImageOutput.parse(image_range, where="--image-range") if image_range
+                              else loaded.image)
         if json_out:
             print_json(manifest.to_dict())
         else:

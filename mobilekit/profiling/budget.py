@@ -32,7 +32,7 @@ from mobilekit.profiling.report import LatencyReport
 _STATS = ("p50", "p90", "p99", "mean")
 MIB = 1024 * 1024
 #: What a check is about; ``allow_errors`` takes these names.
-CHECK_KINDS = ("size", "parity", "sampling", "host", "phone", "memory")
+CHECK_KINDS = ("size", "parity", "sampling", "images", "host", "phone", "memory")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,6 +49,7 @@ class Budget:
         min_psnr_db: least PSNR of outputs against PyTorch, dB.
         min_sample_cosine: least cosine of a denoiser's final sample after a sampling loop, vs PyTorch's.
         min_sample_psnr_db: least PSNR of that final sample, dB.
+        min_image_psnr_db: least PSNR of an image model's output as 8-bit pictures (peak 255), dB.
         stat: the latency statistic the latency limits apply to (``p50``, ``p90``, ``p99``, ``mean``).
     """
 
@@ -61,11 +62,12 @@ class Budget:
     min_psnr_db: float | None = None
     min_sample_cosine: float | None = None
     min_sample_psnr_db: float | None = None
+    min_image_psnr_db: float | None = None
     stat: str = "p50"
 
     def __post_init__(self) -> None:
         for name in ("host_ms", "phone_ms", "size_mb", "memory_mb", "min_cosine", "min_psnr_db", "min_sample_cosine",
-                     "min_sample_psnr_db"):
+                     "min_sample_psnr_db", "min_image_psnr_db"):
             _positive(name, getattr(self, name), allow_zero=name.startswith("min_"))
         for target, value in self.phone_ms_by_target.items():
             _positive(f"phone_ms[{target}]", value)
