@@ -15,7 +15,9 @@ import logging
 import os
 import re
 import shutil
+import statistics
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -339,15 +341,43 @@ class Adb:
         return self.shell(f"getprop {name}").strip() or None
 
 
-def device_info(adb: Adb) -> dict[str, Any]:
-    """Model, Android version, SoC and thermal state of the phone behind ``adb``."""
+def thermal_snapshot(adb: Adb) -> dict[str, Any]:
+    """``parse_thermal_service`` of the phone's ``dumpsys thermalservice`` (all None/empty when it has none)."""
     try:
-        thermal = parse_thermal(adb.shell("dumpsys thermalservice"))
+        return parse_thermal_service(adb.shell("dumpsys thermalservice"))
     except DeviceError:
-        thermal = None
+        return {"status": None, "state": None, "temperatures": {}}
+
+
+def device_info(adb: Adb, thermal: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Model, Android version, SoC and thermal state (and temperatures, °C) of the phone behind ``adb``."""
+    thermal = thermal if thermal is not None else thermal_snapshot(adb)
     return {"name": adb.getprop("ro.product.model") or adb.serial, "os": "android",
             "android_version": adb.getprop("ro.build.version.release"), "serial": adb.serial,
-            "soc": adb.getprop("ro.soc.model"), "thermal_state": thermal}
+            "soc": adb.getprop("ro.soc.model"), "thermal_state": thermal["state"],
+            "temperatures_c": thermal["temperatures"]}
+
+
+def artifact_files(path: Path, extra_files: Sequence[str | Path] = ()) -> list[Path]:
+    """Every file ``path`` needs on the phone: itself, ``extra_files`` (relative ones are taken beside it,
+    e.g. an ExecuTorch ``.ptd``), and an ONNX model's ``<name>.onnx.data`` external-data file.
+
+    Raises:
+        ConfigError: a listed extra file is missing.
+    """
+    files = [path]
+    for extra in extra_files:
+        p = Path(extra)
+        p = p if p.is_absolute() or p.exists() else path.parent / p
+        if not p.is_file():
+            raise ConfigError("a file the artifact needs is missing", where=str(p),
+                              fix="re-export, or keep the artifact's extra files beside it")
+        if p not in files:
+            files.append(p)
+    sidecar = path.with_name(path.name + ".data")
+    if path.suffix == ".onnx" and sidecar.is_file() and sidecar not in files:
+        files.append(sidecar)
+    return files
 
 
 def _find_runner(suffix: str, runner: str | Path | None) -> Path:
@@ -364,8 +394,15 @@ def _find_runner(suffix: str, runner: str | Path | None) -> Path:
 
 def profile_android(artifact: str | Path, *, serial: str | None = None, runner: str | Path | None = None,
                     target: str | None = None, warmup: int = 5, max_seconds: float = 10.0,
-                    threads: int | None = None, adb: Adb | None = None) -> LatencyReport:
+                    threads: int | None = None, adb: Adb | None = None,
+                    extra_files: Sequence[str | Path] = (), etdump_dir: str | Path | None = None) -> LatencyReport:
     """Measure ``artifact`` on an attached Android phone with benchmark_model or executor_runner.
+
+    Every file the artifact needs is pushed (``extra_files``, e.g. an ExecuTorch ``.ptd``, which
+    is passed to executor_runner as ``--data_path``). For a ``.pte`` the runner writes an ETDump,
+    which is pulled to ``etdump_dir`` and read for per-op times when ExecuTorch's Inspector is
+    installed here. The phone's thermal state is recorded before (``device["thermal_state"]``) and
+    after (``device["thermal_state_after"]``) the run, with temperatures (°C).
 
     Args:
         artifact: a .tflite or .pte file.
@@ -374,14 +411,17 @@ def profile_android(artifact: str | Path, *, serial: str | None = None, runner: 
         target: target name recorded in the report.
         warmup: warm-up runs.
         max_seconds: most seconds of timed runs (benchmark_model ``--max_secs``).
-        threads: CPU threads (``--num_threads``).
+        threads: CPU threads (``--num_threads`` / ``--cpu_threads``).
         adb: an ``Adb`` to reuse.
+        extra_files: other files of the artifact (an ``Artifact``'s ``extra_files``, relative to the artifact).
+        etdump_dir: where the pulled ETDump goes (default: beside the artifact).
 
     Returns:
         A ``LatencyReport`` with ``source="device"``.
 
     Raises:
         DeviceError: no adb, no phone, no runner binary, or the runner failed.
+        ConfigError: the artifact or one of its extra files is missing.
 
     Example:
         >>> profile_android("out/model.tflite", runner="bin/benchmark_model")  # doctest: +SKIP
@@ -389,41 +429,85 @@ def profile_android(artifact: str | Path, *, serial: str | None = None, runner: 
     path = Path(artifact)
     if not path.is_file():
         raise ConfigError("artifact file not found", where=str(path), fix="check the path, or re-export")
-    binary = _find_runner(path.suffix.lower(), runner)
+    suffix = path.suffix.lower()
+    binary = _find_runner(suffix, runner)
+    files = artifact_files(path, extra_files)
     adb = adb or Adb(serial)
-    info = device_info(adb)
+    before = thermal_snapshot(adb)
+    info = device_info(adb, before)
     adb.shell(f"mkdir -p {REMOTE_DIR}")
-    remote_model, remote_bin = f"{REMOTE_DIR}/{path.name}", f"{REMOTE_DIR}/{binary.name}"
-    adb.run("push", str(path), remote_model)
+    remote = {f: f"{REMOTE_DIR}/{f.name}" for f in files}
+    remote_model, remote_bin = remote[path], f"{REMOTE_DIR}/{binary.name}"
+    for local, there in remote.items():
+        adb.run("push", str(local), there)
     adb.run("push", str(binary), remote_bin)
     adb.shell(f"chmod 755 {remote_bin}")
     notes: list[str] = []
     if info.get("thermal_state") not in (None, "none"):
-        notes.append(f"the phone reported thermal state {info['thermal_state']!r}: numbers may be throttled")
-    if path.suffix.lower() == ".tflite":
+        notes.append(f"the phone reported thermal state {info['thermal_state']!r} before the run: "
+                     "numbers may be throttled")
+    per_op: list[dict[str, Any]] = []
+    per_op_source = None
+    if suffix == ".tflite":
         cmd = (f"{remote_bin} --graph={remote_model} --warmup_runs={warmup} --max_secs={max_seconds:g} "
                "--enable_op_profiling=true --report_peak_memory_footprint=true"
                + (f" --num_threads={threads}" if threads else ""))
         parsed = parse_benchmark_model(adb.shell(cmd))
-        runtime, per_op_source = "benchmark_model", "benchmark_model"
+        runtime, format_ = "benchmark_model", "tflite"
+        per_op, per_op_source = parsed["per_op"], "benchmark_model"
         p50 = parsed.get("median_ms", parsed["avg_ms"])
         stats = {"mean_ms": parsed["avg_ms"], "min_ms": parsed.get("min_ms"), "max_ms": parsed.get("max_ms"),
                  "std_ms": parsed.get("std_ms"), "cold_load_ms": parsed["init_ms"],
-                 "first_inference_ms": parsed["first_inference_ms"], "peak_memory_mb": parsed.get("peak_memory_mb")}
+                 "first_inference_ms": parsed["first_inference_ms"], "peak_memory_mb": parsed.get("peak_memory_mb"),
+                 "memory_delta_mb": parsed.get("memory_overall_mb")}
+        notes.extend(parsed["notes"])
         if "median_ms" not in parsed:
-            notes.append("benchmark_model printed no median: p50_ms is the mean")
+            notes.append("benchmark_model printed no median: p50_ms is the mean of the timed run")
+        if parsed.get("init_ops"):
+            init = ", ".join(f"{o['op']} {o['ms']:.3f} ms" for o in parsed["init_ops"])
+            notes.append(f"initialisation (not in per-op times): {init}")
     else:
         iterations = max(10, int(max_seconds * 10))
-        parsed = parse_executor_runner(adb.shell(f"{remote_bin} --model_path={remote_model} "
-                                                 f"--num_executions={iterations}"))
-        runtime, per_op_source = "executor_runner", None
-        p50 = parsed["avg_ms"]
-        stats = {"mean_ms": parsed["avg_ms"]}
-        notes.append("executor_runner prints only the total time: p50_ms is the mean over "
-                     f"{parsed['count']} runs, including the first")
+        remote_dump = f"{REMOTE_DIR}/{path.stem}.etdump"
+        ptd = [f for f in files if f.suffix == ".ptd"]
+        cmd = (f"{remote_bin} --model_path={remote_model} --num_executions={iterations} --etdump_path={remote_dump}"
+               + (f" --data_path={remote[ptd[0]]}" if ptd else "") + (f" --cpu_threads={threads}" if threads else ""))
+        parsed = parse_executor_runner(adb.shell(cmd))
+        runtime, format_ = "executor_runner", "executorch"
+        samples = parsed.get("samples_ms", [])
+        p50 = statistics.median(samples) if samples else parsed["avg_ms"]
+        stats = {"mean_ms": parsed["avg_ms"], "cold_load_ms": parsed.get("load_ms")}
+        if samples:
+            stats.update(samples_ms=tuple(samples), min_ms=min(samples), max_ms=max(samples),
+                         std_ms=statistics.stdev(samples) if len(samples) > 1 else 0.0)
+        else:
+            notes.append(f"executor_runner printed only the total time: p50_ms is the mean over {parsed['count']} "
+                         "runs, the first included")
+        missing = [m for m in parsed["missing"] if not m.startswith("per-run")]
+        if parsed.get("etdump_path"):
+            local_dump = Path(etdump_dir or path.parent) / f"{path.stem}.etdump"
+            local_dump.parent.mkdir(parents=True, exist_ok=True)
+            adb.run("pull", remote_dump, str(local_dump))
+            notes.append(f"ETDump pulled to {local_dump}")
+            try:
+                from mobilekit.profiling.per_op import ops_from_etdump
+
+                per_op, per_op_source = ops_from_etdump(local_dump), "etdump"
+                missing = [m for m in missing if not m.startswith("per-op")]
+            except ImportError:
+                notes.append("per-op times: read the pulled ETDump with executorch.devtools.Inspector "
+                             "(ExecuTorch is not installed here)")
+            except Exception as exc:  # noqa: BLE001 - a truncated or foreign ETDump: keep the timings
+                notes.append(f"the pulled ETDump could not be read for per-op times: {exc}")
+        if missing:
+            notes.append("executor_runner did not print: " + "; ".join(missing))
+    after = thermal_snapshot(adb)
+    info.update(thermal_state_after=after["state"], temperatures_c_after=after["temperatures"])
+    if (after["status"] or 0) > (before["status"] or 0):
+        notes.append(f"the phone warmed up during the run: thermal state {before['state']!r} → {after['state']!r}")
     return LatencyReport(
-        artifact=str(path), format="tflite" if path.suffix.lower() == ".tflite" else "executorch", runtime=runtime,
-        source="device", device=info, target=target, threads=threads, warmup=warmup, p50_ms=p50,
-        stop_reason="fixed", artifact_size_bytes=path.stat().st_size, per_op=tuple(parsed.get("per_op", ())),
-        per_op_source=per_op_source if parsed.get("per_op") else None,
+        artifact=str(path), format=format_, runtime=runtime, source="device", device=info, target=target,
+        threads=threads, warmup=warmup, p50_ms=p50, stop_reason="fixed",
+        artifact_size_bytes=sum(f.stat().st_size for f in files), per_op=tuple(per_op),
+        per_op_source=per_op_source if per_op else None,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), notes=tuple(notes), **stats)

@@ -153,3 +153,118 @@ def test_dumpsys_thermalservice():
     assert got["status"] == 0 and got["state"] == "none" and parse_thermal(text) == "none"
     # the live "Current temperatures from HAL" block; -99.9 (absent power amplifier sensor) skipped
     assert got["temperatures"] == {"TYPE_CPU": 24.0, "TYPE_BATTERY": 24.4, "TYPE_SKIN": 25.3, "TYPE_USB_PORT": 24.2}
+
+
+# --- the runner against a fake adb (a script that records what it is asked and answers from fixtures) ---
+
+FAKE_ADB = r'''#!{python}
+import json, os, shutil, sys
+from pathlib import Path
+state = Path(os.environ["FAKE_ADB_DIR"])
+args = sys.argv[1:]
+with open(state / "calls.jsonl", "a") as f:
+    f.write(json.dumps(args) + "\n")
+if args[:1] == ["devices"]:
+    print("List of devices attached\nR5CT30ABCDEF device usb:1-1 product:husky model:Pixel_8_Pro device:husky")
+    sys.exit(0)
+args = args[2:] if args[:1] == ["-s"] else args
+if args[0] == "push":
+    sys.exit(0)
+if args[0] == "pull":
+    Path(args[2]).write_bytes(b"not a real etdump")
+    sys.exit(0)
+cmd = args[1]
+if cmd.startswith("getprop ro.product.model"):
+    print("Pixel 8 Pro")
+elif cmd.startswith("getprop ro.build.version.release"):
+    print("15")
+elif cmd.startswith("getprop"):
+    print("")
+elif cmd.startswith("dumpsys thermalservice"):
+    n = len(list(state.glob("thermal_*")))
+    (state / f"thermal_{{n}}").write_text("")
+    text = (state / "thermal.txt").read_text()
+    print(text if n == 0 else text.replace("Thermal Status: 0", "Thermal Status: 2"))
+elif "benchmark_model" in cmd or "executor_runner" in cmd:
+    print((state / "runner_out.txt").read_text())
+'''
+
+
+@pytest.fixture
+def fake_adb(tmp_path, monkeypatch):
+    import sys
+
+    state = tmp_path / "adb_state"
+    state.mkdir()
+    (state / "thermal.txt").write_text(_text("dumpsys_thermalservice_skia.txt"))
+    script = tmp_path / "adb"
+    script.write_text(FAKE_ADB.format(python=sys.executable))
+    script.chmod(0o755)
+    monkeypatch.setenv("FAKE_ADB_DIR", str(state))
+
+    def calls():
+        import json
+
+        return [json.loads(line) for line in (state / "calls.jsonl").read_text().splitlines()]
+
+    return script, state, calls
+
+
+def test_tflite_run_on_fake_adb(fake_adb, tmp_path):
+    from mobilekit.profiling.android import Adb, profile_android
+    from mobilekit.profiling.report import validate
+
+    script, state, calls = fake_adb
+    (state / "runner_out.txt").write_text(_text("benchmark_model_tc2_xnnpack_opprof_nostart.txt"))
+    model, binary = tmp_path / "m.tflite", tmp_path / "benchmark_model"
+    model.write_bytes(b"tfl3")
+    binary.write_bytes(b"elf")
+    r = profile_android(model, runner=binary, adb=Adb(adb=str(script)), threads=4)
+    assert r.mean_ms == pytest.approx(7.45497) and r.min_ms == pytest.approx(6.373) and r.p50_ms == pytest.approx(7.45497)
+    assert r.cold_load_ms == pytest.approx(16.772) and r.memory_delta_mb == pytest.approx(10.8789)
+    assert len(r.per_op) == 115 and not INIT_ONLY_OPS & {o["op"] for o in r.per_op}
+    assert r.device["thermal_state"] == "none" and r.device["thermal_state_after"] == "moderate"
+    assert r.device["temperatures_c"]["TYPE_SKIN"] == 25.3
+    assert any("warmed up" in n for n in r.notes) and any("ModifyGraphWithDelegate 14.842 ms" in n for n in r.notes)
+    validate(r.to_dict())
+    pushed = [c[4] for c in calls() if c[2:3] == ["push"]]
+    assert pushed == ["/data/local/tmp/mobilekit/m.tflite", "/data/local/tmp/mobilekit/benchmark_model"]
+    run = next(c[3] for c in calls() if c[2:3] == ["shell"] and "benchmark_model --graph" in c[3])
+    assert "--enable_op_profiling=true" in run and "--num_threads=4" in run
+
+
+def test_pte_with_ptd_pushes_both_and_pulls_the_etdump(fake_adb, tmp_path):
+    from mobilekit.profiling.android import Adb, profile_android
+    from mobilekit.profiling.report import validate
+
+    script, state, calls = fake_adb
+    (state / "runner_out.txt").write_text(_text("executor_runner_xnnpack_etdump_arm64.txt"))
+    model, data, binary = tmp_path / "lora.pte", tmp_path / "base.ptd", tmp_path / "executor_runner"
+    for f in (model, data, binary):
+        f.write_bytes(b"x")
+    r = profile_android(model, runner=binary, adb=Adb(adb=str(script)), extra_files=["base.ptd"],
+                        etdump_dir=tmp_path / "dumps")
+    pushed = [c[4] for c in calls() if c[2:3] == ["push"]]
+    assert pushed == ["/data/local/tmp/mobilekit/lora.pte", "/data/local/tmp/mobilekit/base.ptd",
+                      "/data/local/tmp/mobilekit/executor_runner"]
+    run = next(c[3] for c in calls() if c[2:3] == ["shell"] and "executor_runner --model_path" in c[3])
+    assert "--data_path=/data/local/tmp/mobilekit/base.ptd" in run
+    assert "--etdump_path=/data/local/tmp/mobilekit/lora.etdump" in run
+    pulls = [c[3:] for c in calls() if c[2:3] == ["pull"]]
+    assert pulls == [["/data/local/tmp/mobilekit/lora.etdump", str(tmp_path / "dumps" / "lora.etdump")]]
+    assert (tmp_path / "dumps" / "lora.etdump").exists()
+    assert r.mean_ms == pytest.approx(2.904883) and r.artifact_size_bytes == 2
+    assert any("did not print" in n and "load time" in n for n in r.notes)
+    validate(r.to_dict())
+
+
+def test_missing_extra_file_and_onnx_sidecar(tmp_path):
+    from mobilekit.errors import ConfigError
+    from mobilekit.profiling.android import artifact_files
+
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"x")
+    (tmp_path / "m.onnx.data").write_bytes(b"y")
+    assert artifact_files(onnx) == [onnx, tmp_path / "m.onnx.data"]
+    with pytest.raises(ConfigError):
+        artifact_files(tmp_path / "m.pte", ["gone.ptd"])
