@@ -153,7 +153,8 @@ def _profile_on_device(artifacts: list[Path], *, device: str, target: str | None
 
                 serial = None if device.lower() == "android" else device
                 reports.append(profile_android(path, serial=serial, runner=runner, target=target, warmup=warmup,
-                                               max_seconds=max_seconds, threads=threads))
+                                               max_seconds=max_seconds, threads=threads,
+                                               extra_files=tuple(art.extra_files) if art is not None else ()))
     return reports
 
 

@@ -45,8 +45,6 @@ def _op_type(name: str) -> str:
 
 def _executorch(path: Path, feed: Sequence[np.ndarray], workdir: Path, *, runs: int, threads: int | None,
                 options: dict[str, Any]) -> list[dict[str, Any]]:
-    import warnings
-
     from mobilekit.runtime.runners import ExecuTorchRunner
 
     runner = ExecuTorchRunner(path, threads=threads, etdump=True, **options)
@@ -54,6 +52,17 @@ def _executorch(path: Path, feed: Sequence[np.ndarray], workdir: Path, *, runs: 
         runner.run(feed)
     etdump = workdir / "profile.etdp"
     runner.program.write_etdump_result_to_file(str(etdump), str(workdir / "profile.debug.bin"))
+    return ops_from_etdump(etdump)
+
+
+def ops_from_etdump(etdump: Path) -> list[dict[str, Any]]:
+    """Per-op times (``{name, op, ms, count, delegated}``) of an ETDump file (this host's or a phone's).
+
+    Raises:
+        ImportError: ExecuTorch (``executorch.devtools``) is not installed.
+    """
+    import warnings
+
     from executorch.devtools import Inspector
 
     with warnings.catch_warnings():  # "Output Buffer not found": we asked for timings only

@@ -120,7 +120,7 @@ def test_failed_device_tools_raise_device_errors_with_their_output():
 def test_parse_executor_runner_and_adb_outputs():
     got = parse_executor_runner("I 00:00:01.0 executorch:executor_runner.cpp:300] Model executed successfully "
                                 "20 time(s) in 50.000000 ms.")
-    assert got == {"count": 20, "avg_ms": pytest.approx(2.5)}
+    assert got["count"] == 20 and got["avg_ms"] == pytest.approx(2.5) and got["total_ms"] == pytest.approx(50.0)
     rows = parse_adb_devices("List of devices attached\n37281FDJH00DJ4 device usb:1-1 product:shiba model:Pixel_8 "
                              "device:shiba transport_id:2\nemulator-5554 offline\n\n")
     assert rows[0]["serial"] == "37281FDJH00DJ4" and rows[0]["model"] == "Pixel_8" and rows[1]["state"] == "offline"
