@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from mobilekit.adapters import apply_lora, export_adapters, load_adapters
+from mobilekit.adapters import export_adapters
+from mobilekit.lora import apply_lora, load_adapters
 from mobilekit.errors import ConfigError
 
 peft = pytest.importorskip("peft")
@@ -181,3 +182,35 @@ def test_mismatched_adapters_are_refused_before_any_export(dit, tmp_path):
     (tmp_path / "junk" / "weights.bin").write_bytes(b"0")
     refused(tmp_path / "junk", r"'bad'.*unknown adapter layout.*weights\.bin")
     refused(torch.nn.Linear(2, 2), r"'bad'.*carries no peft LoRA layers")
+
+
+@pytest.mark.slow
+@pytest.mark.backend_onnx
+def test_cli_export_takes_a_diffusers_lora_file_for_a_wrapped_builtin(tmp_path):
+    """``--adapter NAME=PATH``: the file's ``transformer.`` keys land on the builtin's wrapped ``dit.``."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+    from typer.testing import CliRunner
+
+    from mobilekit.builtins import DIT_TINY_CONFIG
+    from mobilekit.cli.main import app
+
+    dit = inject_adapter_in_model(LoraConfig(target_modules=["to_q", "to_v"], r=2, lora_alpha=2),
+                                  diffusers.DiTTransformer2DModel(**DIT_TINY_CONFIG))
+    _nonzero_b(dit, seed=3)
+    diffusers.loaders.SD3LoraLoaderMixin.save_lora_weights(tmp_path / "lora",
+                                                           transformer_lora_layers=get_peft_model_state_dict(dit))
+    args = ["export", "builtin:dit-tiny", "-t", "pixel-8", "-f", "onnx", "-p", "fp32", "-o", str(tmp_path / "o"),
+            "--parity-samples", "1", "--adapter-policy", "fuse", "--json"]
+    env = {"MOBILEKIT_CACHE_DIR": str(tmp_path / "cache")}
+    bad = CliRunner().invoke(app, [*args, "--adapter", "no-equals-sign"], env=env)
+    assert isinstance(bad.exception, ConfigError) and "NAME=PATH" in str(bad.exception)
+    ok = CliRunner().invoke(app, [*args, "--adapter", f"style={tmp_path / 'lora' / 'pytorch_lora_weights.safetensors'}"],
+                            env=env)
+    assert ok.exit_code == 0, ok.output
+    from mobilekit.artifact import Manifest
+
+    m = Manifest.read(tmp_path / "o")
+    assert sorted(a.adapter or "" for a in m.artifacts) == ["", "style"]
+    assert all(a.parity.status == "pass" for a in m.artifacts)
+    assert len({a.sha256 for a in m.artifacts}) == 2

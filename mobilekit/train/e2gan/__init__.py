@@ -8,8 +8,8 @@ concept embeddings, text encoders), ``pairs`` (on-disk paired data), ``distill_d
 
 
 def _register_adapter_layout() -> None:
-    """Let ``mobilekit.adapters`` read E²GAN adapter folders (``adapter.json``); the SDK core knows no E²GAN."""
-    from mobilekit.adapters import register_adapter_layout
+    """Let ``mobilekit.lora`` read E²GAN adapter folders (``adapter.json``); the SDK core knows no E²GAN."""
+    from mobilekit.lora import register_adapter_layout
     from mobilekit.train.e2gan.lora import ADAPTER_META, load_adapter
 
     register_adapter_layout(ADAPTER_META, load_adapter)

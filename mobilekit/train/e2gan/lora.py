@@ -100,7 +100,7 @@ class Adapter:
 
     def to_lora(self) -> Any:
         """This adapter as the SDK's generic peft ``LoRA`` (what ``mobilekit.adapters`` packages)."""
-        from mobilekit.adapters import LoRA
+        from mobilekit.lora import LoRA
 
         return LoRA(_peft_config(self.config), dict(self.weights), source=f"E²GAN adapter {self.concept!r}",
                     base_sha256=self.base_sha256 or None)
