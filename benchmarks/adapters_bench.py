@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT))
 from mobilekit._deps import toolchain_versions  # noqa: E402
 from mobilekit._io import write_json_atomic  # noqa: E402
 from mobilekit.adapters import export_adapters  # noqa: E402
-from mobilekit.train.e2gan.lora import (LoRAConfig, apply_adapter, attach_lora, lora_targets,  # noqa: E402
-                                        make_adapter, save_adapter)
+from mobilekit.train.e2gan.lora import (LoRAConfig, attach_lora, lora_targets, make_adapter,  # noqa: E402
+                                        save_adapter)
 from mobilekit.train.e2gan.models import E2GANConfig, build_generator, sha256_of_state  # noqa: E402
 
 log = logging.getLogger("adapters_bench")
@@ -86,10 +86,10 @@ def _multi_method_pte(base: torch.nn.Module, adapters: dict[str, Path], x: tuple
     from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.runtime import Runtime
 
-    from mobilekit.adapters import load_adapters
+    from mobilekit.adapters import apply_lora, load_adapters
 
     ads = load_adapters(adapters, base)
-    variants = {"base": base, **{n: apply_adapter(base, a) for n, a in ads.items()}}
+    variants = {"base": base, **{n: apply_lora(base, a, fuse=False) for n, a in ads.items()}}
     t0 = time.perf_counter()
     programs = {n: capture(prepared_copy(m), x, backend="executorch-xnnpack-fp32") for n, m in variants.items()}
     edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])

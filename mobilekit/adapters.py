@@ -1,10 +1,14 @@
-"""Adapter packaging: export a base model with its LoRA adapters, fused or sharing the base weights.
+"""Adapter packaging: export a base model with its peft LoRA adapters, fused or sharing the base weights.
 
-Two policies (``Recipe.adapter_policy``):
+Adapters are peft LoRAs on any ``nn.Module`` (``mobilekit.lora``): a model with LoRA layers, a
+peft ``save_pretrained`` folder, a diffusers LoRA file, or a layout a training package registered.
+All are read and checked against the base (target modules, shapes) before any export work.
 
-* ``fuse``: each adapter is merged into a copy of the base (``fuse_adapter``) before
-  quantization, so int8 rounding applies to the merged weights; every adapter is then a
-  complete artifact of its own (``<model>-<adapter>-<recipe>.<ext>``), plus the base.
+Two policies (``Recipe.adapter_policy``), both through the export pipeline (``mobilekit.exporting``):
+
+* ``fuse``: each adapter is merged into a copy of the base (W + scale·B·A) and that copy goes
+  through ``mobilekit.export`` like any model (parity on held-out inputs, cache, manifest entry):
+  ``<model>-<adapter>-<recipe>.<ext>``, plus the base.
 * ``separate``: the base weights are stored once and each adapter adds only its own part,
   where the format can share weights (see ``converters.adapters``):
 
@@ -15,7 +19,8 @@ Two policies (``Recipe.adapter_policy``):
   onnx       cannot share: one fused artifact per adapter (noted in the manifest)
   ========== ====================================================================
 
-  ``executorch-coreml`` and ``tflite-int8-static`` fall back to ``fuse`` too (noted).
+  ``executorch-coreml`` and ``tflite-int8-static`` fall back to ``fuse`` too (noted). Each
+  variant is verified with the pipeline's ``_verify`` on the pipeline's parity inputs.
 
 Besides ``manifest.json`` (one Artifact per variant, ``adapter`` = its name, None for the
 base), ``adapters.json`` is written next to it: per recipe, the bytes of the shared base, each
@@ -24,11 +29,9 @@ variant's own bytes, the total against N standalone (fused) copies, and parity p
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
+import hashlib
 import json
-import logging
-import re
 import shutil
 import tempfile
 import time
@@ -37,108 +40,40 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from mobilekit._deps import toolchain_versions
-from mobilekit._io import ensure_writable_dir, write_json_atomic
+from mobilekit._io import copy_atomic, ensure_writable_dir, write_json_atomic
 from mobilekit.artifact import Artifact, Manifest, TensorSpec, sha256_of, size_of
-from mobilekit.errors import ConfigError, MobilekitError, ParityError
-from mobilekit.parity import Parity, compare, tolerance_for
+from mobilekit.errors import ConfigError, ParityError
+from mobilekit.lora import BASE, LoRA, apply_lora, load_adapters, register_adapter_layout  # noqa: F401
 
 if TYPE_CHECKING:
     from mobilekit.build_config import ModelEntry
+    from mobilekit.images import ImageOutput
     from mobilekit.spec import LoadedSpec
-    from mobilekit.train.e2gan.lora import Adapter
-
-logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, int], None]
-BASE = "base"
 SIDECAR = "adapters.json"
 SIDECAR_SCHEMA_VERSION = 1
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SHARING = {"executorch": "program-data-separation", "tflite": "multi-signature", "coreml": "multifunction"}
 
 
-def load_adapters(adapters: Mapping[str, Path | str | Adapter], base: torch.nn.Module) -> dict[str, Adapter]:
-    """Load adapters (directories or Adapter objects) and check each was trained on ``base``.
-
-    Raises:
-        ConfigError: a bad name, a missing or unreadable adapter directory, or an adapter
-            trained on another base (each names the adapter).
-
-    Example:
-        >>> ads = load_adapters({"sepia": "runs/sepia/adapter"}, generator)  # doctest: +SKIP
-    """
-    from mobilekit.train.e2gan.lora import Adapter, _check_base, load_adapter
-
-    if not adapters:
-        raise ConfigError("no adapters given", where="adapters", fix="pass {name: adapter directory}")
-    out: dict[str, Adapter] = {}
-    for name, item in adapters.items():
-        if not isinstance(name, str) or not _NAME.match(name) or name == BASE:
-            raise ConfigError(f"bad adapter name {name!r}", where=f"adapters[{name!r}]",
-                              fix=f"use letters, digits, '_', '-', '.'; {BASE!r} is reserved for the base")
-        if isinstance(item, Adapter):
-            adapter = item
-        else:
-            path = Path(item)
-            if not path.is_dir():
-                raise ConfigError(f"adapter {name!r}: {path} is not a directory", where=f"adapters[{name!r}]",
-                                  fix="pass the adapter directory written by `mobilekit train e2gan adapt`")
-            try:
-                adapter = load_adapter(path)
-            except ConfigError as exc:
-                raise ConfigError(f"adapter {name!r}: {exc.message if hasattr(exc, 'message') else exc}",
-                                  where=str(path), fix="pass a directory holding adapter.json and "
-                                  "adapter.safetensors") from exc
-            except Exception as exc:
-                raise ConfigError(f"adapter {name!r} cannot be read: {type(exc).__name__}: {exc}",
-                                  where=str(path), fix="re-save the adapter") from exc
-        try:
-            _check_base(base, adapter, True)
-        except ConfigError as exc:
-            raise ConfigError(f"adapter {name!r}: {exc}", where=f"adapters[{name!r}]",
-                              fix="export with the base the adapter was trained on") from exc
-        out[name] = adapter
-    return out
-
-
-def _variants(base: torch.nn.Module, adapters: Mapping[str, Adapter], fused: bool) -> dict[str, torch.nn.Module]:
-    from mobilekit.train.e2gan.lora import apply_adapter, fuse_adapter
-
-    make = fuse_adapter if fused else apply_adapter
-    out = {BASE: copy.deepcopy(base).eval()}
-    for name, adapter in adapters.items():
-        try:
-            out[name] = make(base, adapter).eval()
-        except ConfigError as exc:
-            raise ConfigError(f"adapter {name!r} does not fit the base: {exc}", where=f"adapters[{name!r}]",
-                              fix="export with the base the adapter was trained on") from exc
-    return out
-
-
-def _reference(model: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
-    from mobilekit.exporting import _flatten_outputs
-
-    with torch.no_grad():
-        return [t.detach().float().numpy() for t in _flatten_outputs(model(*example))]
-
-
-def export_adapters(base: torch.nn.Module, adapters: Mapping[str, Path | str | Adapter],
-                    example_inputs: Sequence[torch.Tensor], *, targets: Sequence[str], out_dir: str | Path,
-                    precision: str | Sequence[str] | None = None, formats: Sequence[str] | None = None,
-                    policy: str = "separate", calibration: Sequence[Sequence[torch.Tensor]] | None = None,
-                    verify: bool = True, tolerances: Mapping[str, Mapping[str, float]] | None = None,
-                    cache_dir: str | Path | None = None, workers: int = 1, model_name: str | None = None,
-                    input_names: Sequence[str] | None = None, measure_fused: bool = True,
-                    on_progress: ProgressFn | None = None) -> Manifest:
+def export_adapters(base: torch.nn.Module, adapters: Mapping[str, Any], example_inputs: Sequence[torch.Tensor], *,
+                    targets: Sequence[str], out_dir: str | Path, precision: str | Sequence[str] | None = None,
+                    formats: Sequence[str] | None = None, policy: str = "separate",
+                    calibration: Sequence[Sequence[torch.Tensor]] | None = None, verify: bool = True,
+                    tolerances: Mapping[str, Mapping[str, float]] | None = None, cache_dir: str | Path | None = None,
+                    workers: int = 1, model_name: str | None = None, input_names: Sequence[str] | None = None,
+                    measure_fused: bool = True, parity_inputs: Sequence[Sequence[torch.Tensor]] | None = None,
+                    parity_samples: int = 4, on_progress: ProgressFn | None = None,
+                    image: ImageOutput | None = None) -> Manifest:
     """Export ``base`` and its LoRA adapters for each target under one adapter policy.
 
     Args:
-        base: the base generator (not modified).
-        adapters: adapter name → adapter directory (``save_adapter``) or Adapter.
+        base: the base model (not modified).
+        adapters: adapter name → peft folder, diffusers LoRA file, model with LoRA layers, LoRA, or a
+            registered layout (see ``load_adapters``).
         example_inputs: tensors in forward order (fix shapes, drive parity).
         targets: target names from ``profiles/``.
         out_dir: where artifacts, ``manifest.json`` and ``adapters.json`` go.
@@ -154,75 +89,75 @@ def export_adapters(base: torch.nn.Module, adapters: Mapping[str, Path | str | A
         input_names: input names (default: forward's parameter names).
         measure_fused: under ``separate``, also export the base alone per recipe to report the
             bytes of N standalone copies in ``adapters.json`` (a fused copy has the base's size).
+        parity_inputs: as in ``mobilekit.export``.
+        parity_samples: as in ``mobilekit.export``.
         on_progress: ``on_progress(stage, done, total)`` callback.
+        image: as in ``mobilekit.export``: each variant's output images are compared as 8-bit pictures.
 
     Returns:
         The Manifest (also in ``out_dir/manifest.json``): one Artifact per (recipe, variant),
         ``adapter`` naming the adapter (None for the base).
 
     Raises:
-        ConfigError: bad adapters (missing, unreadable, trained on another base), unknown policy,
-            target or recipe.
+        ConfigError: bad adapters (see ``load_adapters``), unknown policy, target or recipe; all
+            before any export work.
         ParityError: a variant differs from PyTorch beyond tolerance (``verify``).
 
     Example:
-        >>> m = export_adapters(gen, {"sepia": "runs/sepia/adapter"}, gen.example_inputs(),
-        ...                     targets=["pixel-8"], out_dir="out", formats=["tflite"])  # doctest: +SKIP
+        >>> m = export_adapters(dit, {"style": "lora/"}, (x, t, y), targets=["pixel-8"], out_dir="out",
+        ...                     formats=["onnx"], policy="fuse")  # doctest: +SKIP
     """
     from mobilekit.exporting import export
     from mobilekit.plan import plan_exports
 
     if policy not in ("fuse", "separate"):
         raise ConfigError(f"unknown adapter policy {policy!r}", where="policy", fix="use 'fuse' or 'separate'")
-    out = ensure_writable_dir(Path(out_dir))
     example = tuple(example_inputs)
     if not example or not all(isinstance(t, torch.Tensor) for t in example):
         raise ConfigError("example_inputs must be a non-empty sequence of tensors", where="example_inputs")
     name = model_name or type(base).__name__
     ads = load_adapters(adapters, base)
-    progress = on_progress or (lambda stage, done, total: None)
     plans = plan_exports(targets, formats=formats, precision=precision, adapter_policy=policy).builds
+    out = ensure_writable_dir(Path(out_dir))
+    progress = on_progress or (lambda stage, done, total: None)
     common = {"calibration": calibration, "verify": verify, "tolerances": tolerances, "cache_dir": cache_dir,
-              "workers": workers, "input_names": input_names}
+              "workers": workers, "input_names": input_names, "parity_inputs": parity_inputs,
+              "parity_samples": parity_samples, "image": image}
+    fused: dict[str, torch.nn.Module] = {}
     artifacts: list[Artifact] = []
     report: list[dict[str, Any]] = []
-    total = len(plans)
     for i, plan in enumerate(plans):
-        recipe = plan.recipe
-        progress(recipe.name, i, total)
+        recipe, plan_targets = plan.recipe, list(plan.targets)
+        progress(recipe.name, i, len(plans))
         reason = _fallback_reason(recipe) if policy == "separate" else None
-        if policy == "fuse" or reason:
-            fused = _variants(base, ads, fused=True)
-            parts = []
-            for variant, model in fused.items():
-                vname = name if variant == BASE else f"{name}-{variant}"
-                m = export(model, example, targets=list(plan.targets), out_dir=out, precision=recipe.precision,
-                           formats=[recipe.format], model_name=vname, adapter_policy="fuse", **common)
-                for a in m.artifacts:
-                    if a.recipe.format != recipe.format or a.recipe.delegate != recipe.delegate:
-                        continue
-                    notes = a.notes + ((f"adapter_policy separate: {reason}; fused instead",) if reason else ())
-                    parts.append(replace(a, adapter=None if variant == BASE else variant, notes=notes))
-            artifacts += parts
-            report.append(_fused_report(recipe, list(plan.targets), parts, out, reason))
-        else:
-            parts, rec = _export_separate(base, ads, example, recipe, list(plan.targets), out, name, verify,
-                                          tolerances, calibration, cache_dir)
+        if policy == "separate" and not reason:
+            parts, rec = _export_separate(base, ads, example, recipe, plan_targets, out, name, common)
             if measure_fused:
-                rec.update(_measure_fused(base, example, recipe, list(plan.targets), len(parts), common))
+                rec.update(_measure_fused(base, example, recipe, plan_targets, len(parts), common))
                 if rec["fused_total_bytes"]:
                     extra = rec["separate_total_bytes"] - rec["fused_copy_bytes"]
                     rec["bytes_per_adapter_over_base"] = round(extra / max(1, len(ads)))
                     rec["separate_vs_fused_ratio"] = round(rec["separate_total_bytes"] / rec["fused_total_bytes"], 4)
             artifacts += parts
             report.append(rec)
-    toolchain = toolchain_versions()
-    manifest = Manifest(model=name, artifacts=tuple(artifacts), toolchain=toolchain,
+            continue
+        fused = fused or {BASE: base, **{n: apply_lora(base, a, fuse=True) for n, a in ads.items()}}
+        parts = []
+        for variant, model in fused.items():
+            m = export(model, example, targets=plan_targets, out_dir=out, precision=recipe.precision,
+                       formats=[recipe.format], model_name=name if variant == BASE else f"{name}-{variant}",
+                       adapter_policy="fuse", **common)
+            note = (f"adapter_policy separate: {reason}; fused instead",) if reason else ()
+            parts += [replace(a, adapter=None if variant == BASE else variant, notes=a.notes + note)
+                      for a in m.artifacts if (a.recipe.format, a.recipe.delegate) == (recipe.format, recipe.delegate)]
+        artifacts += parts
+        report.append(_fused_report(recipe, plan_targets, parts, reason))
+    manifest = Manifest(model=name, artifacts=tuple(artifacts), toolchain=toolchain_versions(),
                         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), root=out)
     manifest.write(out)
     write_json_atomic(out / SIDECAR, {"schema_version": SIDECAR_SCHEMA_VERSION, "model": name, "policy": policy,
                                       "adapters": sorted(ads), "recipes": report})
-    progress("done", total, total)
+    progress("done", len(plans), len(plans))
     return manifest
 
 
@@ -240,50 +175,36 @@ def _fallback_reason(recipe: Any) -> str | None:
     return None
 
 
-def _separate_key(base: torch.nn.Module, ads: Mapping[str, Adapter], example: tuple[torch.Tensor, ...],
-                  recipe: Any, name: str, verify: bool, tolerances: Any,
-                  calibration: Sequence[Sequence[torch.Tensor]] | None) -> str:
-    """Content address of one ``separate`` build: base and adapter weights, inputs, recipe, converters."""
-    import hashlib
-
-    from mobilekit.cache import cache_key, hash_tensors, inputs_fingerprint, model_fingerprint
+def _export_separate(base: torch.nn.Module, ads: Mapping[str, LoRA], example: tuple[torch.Tensor, ...],
+                     recipe: Any, targets: list[str], out: Path, name: str,
+                     common: Mapping[str, Any]) -> tuple[list[Artifact], dict[str, Any]]:
+    """One ``separate`` build (all variants sharing the base), served from the export cache when unchanged."""
+    import mobilekit.converters.adapters as lowering
+    from mobilekit.cache import ExportCache, cache_key, hash_tensors, inputs_fingerprint, model_fingerprint
     from mobilekit.exporting import _converter_fingerprint
 
     h = hashlib.sha256()
     for ad_name in sorted(ads):
-        ad = ads[ad_name]
-        h.update(json.dumps({"name": ad_name, "config": ad.config.to_dict()}, sort_keys=True).encode())
-        hash_tensors(sorted(ad.weights.items()), h)
-    import mobilekit.converters.adapters as lowering_module
-
-    lowering = Path(lowering_module.__file__ or "")
-    options = {"adapters": h.hexdigest(), "name": name, "verify": verify, "tolerances": tolerances,
+        h.update(json.dumps({"name": ad_name, "config": ads[ad_name].config.to_dict()}, sort_keys=True,
+                            default=str).encode())
+        hash_tensors(sorted(ads[ad_name].weights.items()), h)
+    lowering_src = Path(lowering.__file__ or "")
+    options = {"adapters": h.hexdigest(), "name": name, "policy": "separate",
                "converter": _converter_fingerprint(recipe.format),
-               "lowering": hashlib.sha256(lowering.read_bytes()).hexdigest() if lowering.is_file() else "",
-               "policy": "separate"}
-    return cache_key(model_fingerprint(base, repr(base)), inputs_fingerprint(example, calibration), recipe.to_dict(),
-                     toolchain_versions(), options)
-
-
-def _export_separate(base: torch.nn.Module, ads: Mapping[str, Adapter], example: tuple[torch.Tensor, ...],
-                     recipe: Any, targets: list[str], out: Path, name: str, verify: bool,
-                     tolerances: Mapping[str, Mapping[str, float]] | None,
-                     calibration: Sequence[Sequence[torch.Tensor]] | None,
-                     cache_dir: str | Path | None = None) -> tuple[list[Artifact], dict[str, Any]]:
-    """Like ``_build_separate``, served from the export cache when base, adapters and recipe are unchanged."""
-    from mobilekit._io import copy_atomic
-    from mobilekit.cache import ExportCache
-
-    cache = ExportCache(Path(cache_dir) if cache_dir else None)
-    key = _separate_key(base, ads, example, recipe, name, verify, tolerances, calibration)
+               "lowering": hashlib.sha256(lowering_src.read_bytes()).hexdigest() if lowering_src.is_file() else "",
+               **{k: common[k] for k in ("verify", "tolerances", "parity_samples")},
+               **({"image": common["image"].to_dict()} if common.get("image") else {}),
+               "parity_inputs": inputs_fingerprint(example, common["parity_inputs"])}
+    key = cache_key(model_fingerprint(base, repr(base)), inputs_fingerprint(example, common["calibration"]),
+                    recipe.to_dict(), toolchain_versions(), options)
+    cache = ExportCache(Path(common["cache_dir"]) if common["cache_dir"] else None)
     hit = cache.lookup(key)
     if hit is not None and all((cache.entry(key) / f).exists() for f in hit["files"]):
         for f in hit["files"]:
             copy_atomic(cache.entry(key) / f, out / f)
         artifacts = [replace(Artifact.from_dict(d), targets=tuple(targets), cached=True) for d in hit["artifacts"]]
         return artifacts, {**hit["record"], "targets": targets, "cached": True}
-    artifacts, record = _build_separate(base, ads, example, recipe, targets, out, name, verify, tolerances,
-                                        calibration)
+    artifacts, record = _build_separate(base, ads, example, recipe, targets, out, name, common)
     files = sorted({f for a in artifacts for f in (a.path, *a.extra_files)})
     work = cache.new_workdir()
     for f in files:
@@ -293,16 +214,28 @@ def _export_separate(base: torch.nn.Module, ads: Mapping[str, Adapter], example:
     return artifacts, record
 
 
-def _build_separate(base: torch.nn.Module, ads: Mapping[str, Adapter], example: tuple[torch.Tensor, ...],
-                    recipe: Any, targets: list[str], out: Path, name: str, verify: bool,
-                    tolerances: Mapping[str, Mapping[str, float]] | None,
-                    calibration: Sequence[Sequence[torch.Tensor]] | None) -> tuple[list[Artifact], dict[str, Any]]:
-    """Lower all variants sharing the base, verify each, place the files; return artifacts and the report."""
+def _build_separate(base: torch.nn.Module, ads: Mapping[str, LoRA], example: tuple[torch.Tensor, ...],
+                    recipe: Any, targets: list[str], out: Path, name: str,
+                    common: Mapping[str, Any]) -> tuple[list[Artifact], dict[str, Any]]:
+    """Lower all variants sharing the base, verify each with the pipeline's ``_verify``; return artifacts, report."""
     from mobilekit.converters import adapters as lowering
+    from mobilekit.converters._torch_common import input_names_of, prepared_model
+    from mobilekit.exporting import TensorOutputs, _dtype_name, _flatten_outputs, _parity_feeds, _plain_outputs, \
+        _run_parity
+    from mobilekit.images import ImageParity, compare_images, image_tolerance_for
+    from mobilekit.parity import Parity
 
-    variants = _variants(base, ads, fused=False)
-    references = {v: _reference(m, example) for v, m in variants.items()}
-    cal = [tuple(b) for b in calibration] if calibration else None
+    names = list(common["input_names"] or input_names_of(base, len(example)))
+    variants, feeds, references = {}, {}, {}
+    for v, model in {BASE: base, **{n: apply_lora(base, a, fuse=False) for n, a in ads.items()}}.items():
+        model = prepared_model(model)
+        with torch.no_grad():
+            raw = model(*example)
+        variants[v] = model if _plain_outputs(raw) else TensorOutputs(model, names)
+        reference = [t.detach().float().numpy() for t in _flatten_outputs(raw)]
+        feeds[v], references[v] = _parity_feeds(variants[v], example, reference, common["parity_inputs"],
+                                                common["parity_samples"])
+    cal = [tuple(b) for b in common["calibration"]] if common["calibration"] else None
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=".adapters-", dir=out) as tmp:
         work = Path(tmp)
@@ -314,38 +247,57 @@ def _build_separate(base: torch.nn.Module, ads: Mapping[str, Adapter], example: 
             res = lowering.lower_coreml_multifunction(variants, example, recipe, work, base=BASE, calibration=cal)
         seconds = time.perf_counter() - start
         placed = _place_files(res, work, out, f"{name}-{recipe.name}")
-        parities = {v: _verify_variant(out, placed, res, v, recipe, example, references[v], tolerances, verify)
-                    for v in variants}
+    parities, images = {}, {}
+    image = common.get("image")
+    for v in variants:
+        own = [out / placed[f] for f in res.files[v]]
+        if not common["verify"]:
+            parities[v] = Parity.not_run("not run: verify=False")
+            continue
+        parities[v], outputs = _run_parity(own[0], recipe, feeds[v], references[v], common["tolerances"],
+                                           own[1:] + [out / placed[f] for f in res.shared],
+                                           options=res.entry.get(v, {}))
+        if image is not None:
+            tol = image_tolerance_for(recipe.precision, common["tolerances"])
+            images[v] = (compare_images(references[v], outputs, image=image, tolerance=tol) if outputs is not None
+                         else ImageParity(status="not-run", output=image.output, low=image.low, high=image.high,
+                                          tolerance=tol, reason=parities[v].reason))
+        if recipe.format == "coreml" and parities[v].status != "fail":
+            from mobilekit.converters.coreml import validate_mlpackage
+
+            functions = [str(f) for f in validate_mlpackage(own[0]).get("functions", [])]
+            if functions and v not in functions:
+                parities[v] = Parity(status="fail", runtime="coremltools", tolerance=parities[v].tolerance,
+                                     reason=f"function {v!r} missing (has {functions})")
     failed = [v for v, p in parities.items() if p.status == "fail"]
     if failed:
-        p = parities[failed[0]]
-        raise ParityError(f"{recipe.name} (separate) variant {failed[0]!r} differs from PyTorch: {p.reason}",
-                          where=recipe.name, fix="use adapter_policy='fuse', loosen the tolerance, or pass "
-                          "verify=False")
+        raise ParityError(f"{recipe.name} (separate) variant {failed[0]!r} differs from PyTorch: "
+                          f"{parities[failed[0]].reason}", where=recipe.name,
+                          fix="use adapter_policy='fuse', loosen the tolerance, or pass verify=False")
     toolchain = toolchain_versions()
     shared = [placed[f] for f in res.shared]
     shared_bytes = sum(size_of(out / f) for f in shared)
-    artifacts, variants_rec = [], {}
     if res.deployment_target and res.deployment_target != recipe.deployment_target:
         recipe = recipe.with_(deployment_target=res.deployment_target)
+    inputs = tuple(TensorSpec(name=n, shape=tuple(t.shape), dtype=_dtype_name(t.dtype)) for n, t in zip(names, example))
+    artifacts, variants_rec = [], {}
     for v in variants:
         own = [placed[f] for f in res.files[v]]
         own_bytes = sum(size_of(out / f) for f in dict.fromkeys(own))
         entry = res.entry.get(v, {})
-        notes = tuple(res.notes) + tuple(f"{k}: {val}" for k, val in entry.items())
         artifacts.append(Artifact(
             path=own[0], targets=tuple(targets), recipe=recipe, sha256=sha256_of(out / own[0]),
-            size_bytes=own_bytes + shared_bytes, inputs=_in_specs(example, base),
+            size_bytes=own_bytes + shared_bytes, inputs=inputs,
             outputs=tuple(TensorSpec(name=f"output_{k}", shape=tuple(r.shape), dtype="float32")
-                          for k, r in enumerate(references[v])),
-            parity=parities[v], export_seconds=round(seconds, 3),
+                          for k, r in enumerate(references[v][0])),
+            parity=parities[v], images=images.get(v), export_seconds=round(seconds, 3),
             stages={k: round(s, 4) for k, s in res.stages.items()}, toolchain=toolchain,
-            extra_files=tuple(own[1:]) + tuple(shared), adapter=None if v == BASE else v, notes=notes))
+            extra_files=tuple(own[1:]) + tuple(shared), adapter=None if v == BASE else v,
+            notes=tuple(res.notes) + tuple(f"{k}: {val}" for k, val in entry.items())))
         single_file = all(res.files[u] == res.files[v] for u in variants)
         variants_rec[v] = {"files": own, "entry": entry, "own_bytes": None if single_file else own_bytes,
                            "parity": parities[v].to_dict()}
-    files = {f for a in artifacts for f in (a.path, *a.extra_files)}
-    separate_total = sum(size_of(out / f) for f in files)
+    separate_total = sum(size_of(out / f) for f in {f for a in artifacts for f in (a.path, *a.extra_files)})
     return artifacts, {"recipe": recipe.name, "format": recipe.format, "targets": targets, "policy": "separate",
                        "sharing": SHARING[recipe.format], "shares_weights": True, "shared_files": shared,
                        "shared_bytes": shared_bytes, "variants": variants_rec,
@@ -364,49 +316,6 @@ def _place_files(res: Any, work: Path, out: Path, prefix: str) -> dict[str, str]
     return placed
 
 
-def _verify_variant(out: Path, placed: Mapping[str, str], res: Any, variant: str, recipe: Any,
-                    example: tuple[torch.Tensor, ...], reference: list[np.ndarray],
-                    tolerances: Mapping[str, Mapping[str, float]] | None, verify: bool) -> Parity:
-    """Run one variant with its real runtime (Core ML: structural check only) and compare with PyTorch."""
-    tol = tolerance_for(recipe.precision, tolerances)
-    path = out / placed[res.files[variant][0]]
-    if recipe.format == "coreml":
-        from mobilekit.converters.coreml import validate_mlpackage
-
-        try:
-            info = validate_mlpackage(path)
-        except MobilekitError as exc:
-            return Parity(status="fail", runtime="coremltools", tolerance=tol, reason=f"structural check: {exc}")
-        functions = [str(f) for f in info.get("functions", [])]
-        if functions and variant not in functions:
-            return Parity(status="fail", runtime="coremltools", tolerance=tol,
-                          reason=f"function {variant!r} missing (has {functions})")
-        return Parity(status="not-run", tolerance=tol, reason=f"not run: needs macOS (Core ML runtime); function "
-                      f"{variant!r} present in a structurally valid multifunction mlProgram")
-    if not verify:
-        return Parity.not_run("not run: verify=False")
-    from mobilekit.runtime import run_artifact
-    from mobilekit.runtime.runners import runtime_name
-
-    options: dict[str, Any] = {}
-    ptd = [placed[f] for f in [*res.files[variant][1:], *res.shared] if f.endswith(".ptd")]
-    if ptd:
-        options["data_path"] = str(out / ptd[0])
-    if "signature" in res.entry.get(variant, {}):
-        options["signature"] = res.entry[variant]["signature"]
-    outputs = run_artifact(path, [t.detach().numpy() for t in example], **options)
-    return compare(reference, outputs, tolerance=tol, runtime=runtime_name(path))
-
-
-def _in_specs(example: tuple[torch.Tensor, ...], model: torch.nn.Module) -> tuple[TensorSpec, ...]:
-    from mobilekit.converters._torch_common import input_names_of
-    from mobilekit.exporting import _dtype_name
-
-    names = input_names_of(model, len(example))
-    return tuple(TensorSpec(name=n, shape=tuple(t.shape), dtype=_dtype_name(t.dtype))
-                 for n, t in zip(names, example, strict=True))
-
-
 def _measure_fused(base: torch.nn.Module, example: tuple[torch.Tensor, ...], recipe: Any, targets: list[str],
                    copies: int, common: Mapping[str, Any]) -> dict[str, Any]:
     """Bytes of one standalone export of the base for ``recipe`` (= one fused copy) and of ``copies`` of them."""
@@ -421,30 +330,20 @@ def _measure_fused(base: torch.nn.Module, example: tuple[torch.Tensor, ...], rec
             "fused_copy_measured_as": "a standalone export of the base (a fused adapter has the same size)"}
 
 
-def _fused_report(recipe: Any, targets: list[str], parts: Sequence[Artifact], out: Path,
-                  reason: str | None) -> dict[str, Any]:
-    total = sum(a.size_bytes for a in parts)
+def _fused_report(recipe: Any, targets: list[str], parts: Sequence[Artifact], reason: str | None) -> dict[str, Any]:
     return {"recipe": recipe.name, "format": recipe.format, "targets": targets, "policy": "fuse",
             "sharing": None, "shares_weights": False, "fallback": reason, "shared_files": [], "shared_bytes": 0,
             "variants": {(a.adapter or BASE): {"files": [a.path, *a.extra_files], "own_bytes": a.size_bytes,
                                                "parity": a.parity.to_dict()} for a in parts},
             "separate_total_bytes": None, "fused_copy_bytes": max((a.size_bytes for a in parts), default=0),
-            "fused_copies": len(parts), "fused_total_bytes": total,
+            "fused_copies": len(parts), "fused_total_bytes": sum(a.size_bytes for a in parts),
             "notes": [f"adapter_policy separate: {reason}; fused instead"] if reason else []}
 
 
 def export_with_adapters(spec: LoadedSpec, entry: ModelEntry, *, out_dir: str | Path,
-                         cache_dir: str | Path | None = None, workers: int = 1,
+                         cache_dir: str | Path | None = None, workers: int = 1, parity_samples: int = 4,
                          on_progress: ProgressFn | None = None) -> Manifest:
     """Export a build entry's model with its adapters (``[models.NAME] adapters = {...}``).
-
-    Args:
-        spec: the loaded base model with its example inputs, calibration and input names.
-        entry: the build entry (targets, formats, precisions, adapters, adapter_policy).
-        out_dir: the entry's output directory.
-        cache_dir: export cache.
-        workers: worker processes for fused exports.
-        on_progress: ``on_progress(stage, done, total)`` callback.
 
     Returns:
         The Manifest written to ``out_dir/manifest.json`` (``adapters.json`` beside it).
@@ -455,6 +354,10 @@ def export_with_adapters(spec: LoadedSpec, entry: ModelEntry, *, out_dir: str | 
     return export_adapters(spec.model, dict(entry.adapters), spec.example_inputs, targets=list(entry.targets),
                            out_dir=out_dir, precision=list(entry.precisions) or None,
                            formats=list(entry.formats) or None, policy=entry.adapter_policy,
-                           calibration=spec.calibration or None, cache_dir=cache_dir, workers=workers,
+                           calibration=(spec.load_batches(entry.calibration, "calibration") if entry.calibration
+                                        else spec.calibration or None),
+                           parity_inputs=(spec.load_batches(entry.parity_inputs, "parity inputs")
+                                          if entry.parity_inputs else None), parity_samples=parity_samples,
+                           cache_dir=cache_dir, workers=workers,
                            model_name=entry.name, input_names=list(spec.input_names) or None,
-                           on_progress=on_progress)
+                           on_progress=on_progress, image=entry.image or spec.image)

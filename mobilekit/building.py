@@ -241,7 +241,7 @@ def build(config: BuildConfig | str | Path, *, on_progress: ProgressFn | None = 
             from mobilekit.adapters import export_with_adapters
 
             manifest = export_with_adapters(spec, entry, out_dir=out, cache_dir=config.cache_dir,
-                                            workers=config.workers)
+                                            workers=config.workers, parity_samples=config.parity_samples)
         else:
             cal = (spec.load_batches(entry.calibration, "calibration") if entry.calibration
                    else spec.calibration or None)

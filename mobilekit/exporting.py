@@ -101,15 +101,19 @@ def _convert(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], r
 
 def _verify(path: Path, recipe: Recipe, feeds: Sequence[tuple[torch.Tensor, ...]],
             references: Sequence[list[np.ndarray]], tolerances: Mapping[str, Mapping[str, float]] | None,
-            extra: Sequence[Path], io: tuple[list[Any] | None, list[Any] | None] = (None, None)) -> Parity:
-    """Run the artifact on every parity input with its real runtime in a child process; compare with PyTorch."""
-    return _run_parity(path, recipe, feeds, references, tolerances, extra, io)[0]
+            extra: Sequence[Path], io: tuple[list[Any] | None, list[Any] | None] = (None, None),
+            options: Mapping[str, Any] | None = None) -> Parity:
+    """Run the artifact on every parity input with its real runtime in a child process; compare with PyTorch.
+
+    ``options`` go to the runner besides those ``extra`` implies (e.g. a TFLite ``signature``).
+    """
+    return _run_parity(path, recipe, feeds, references, tolerances, extra, io, options)[0]
 
 
 def _run_parity(path: Path, recipe: Recipe, feeds: Sequence[tuple[torch.Tensor, ...]],
                 references: Sequence[list[np.ndarray]], tolerances: Mapping[str, Mapping[str, float]] | None,
                 extra: Sequence[Path], io: tuple[list[Any] | None, list[Any] | None] = (None, None),
-                ) -> tuple[Parity, list[list[np.ndarray]] | None]:
+                options: Mapping[str, Any] | None = None) -> tuple[Parity, list[list[np.ndarray]] | None]:
     """``_verify`` that also returns the artifact's outputs per input (None when it could not run here)."""
     from mobilekit.runtime import run_artifact_many
 
@@ -134,7 +138,7 @@ def _run_parity(path: Path, recipe: Recipe, feeds: Sequence[tuple[torch.Tensor, 
             return Parity(status="not-run", tolerance=tol, reason=reason), None
     try:
         outputs = run_artifact_many(path, [[t.detach().numpy() for t in feed] for feed in feeds],
-                                    **_runtime_options(extra))
+                                    **{**_runtime_options(extra), **(options or {})})
     except RuntimeCrashError as exc:
         raise ExportError(f"the {recipe.name} artifact failed in its runtime during the parity check: {exc.message}",
                           where=recipe.name, fix="choose another precision or format for this model, or pass "

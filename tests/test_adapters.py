@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from mobilekit.adapters import export_adapters, load_adapters
+from mobilekit.adapters import apply_lora, export_adapters, load_adapters
 from mobilekit.errors import ConfigError
-from mobilekit.train.e2gan.lora import (LoRAConfig, apply_adapter, attach_lora, lora_targets, make_adapter,
-                                        save_adapter)
+from mobilekit.train.e2gan.lora import LoRAConfig, attach_lora, lora_targets, make_adapter, save_adapter
 from mobilekit.train.e2gan.models import E2GANConfig, build_generator, sha256_of_state
 
 
@@ -53,7 +52,7 @@ def setup(tmp_path_factory):
 def _references(base, dirs, x):
     ads = load_adapters(dirs, base)
     with torch.no_grad():
-        refs = {name: apply_adapter(base, ad)(*x).numpy() for name, ad in ads.items()}
+        refs = {name: apply_lora(base, ad, fuse=False)(*x).numpy() for name, ad in ads.items()}
         refs[None] = base(*x).numpy()
     return refs
 

@@ -56,6 +56,20 @@ def parse_tolerances(items: list[str]) -> dict[str, dict[str, float]]:
     return out
 
 
+def parse_adapters(items: list[str]) -> dict[str, Path]:
+    """Parse ``NAME=PATH`` items (``--adapter style=lora/pytorch_lora_weights.safetensors``)."""
+    out: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"cannot read adapter {item!r}", where="--adapter",
+                              fix="write NAME=PATH, e.g. --adapter style=lora/adapter_dir")
+        if name in out:
+            raise ConfigError(f"adapter {name!r} given twice", where="--adapter", fix="give each adapter its own name")
+        out[name] = Path(path)
+    return out
+
+
 def register(app: typer.Typer) -> None:
     """Add ``mobilekit export`` to the CLI."""
 
@@ -77,6 +91,8 @@ def register(app: typer.Typer) -> None:
         no_verify: Annotated[bool, typer.Option("--no-verify", help="skip the parity check entirely (artifacts are marked unverified)")] = False,
         no_cache: Annotated[bool, typer.Option("--no-cache", help="rebuild even when cached")] = False,
         workers: Annotated[int, typer.Option("--workers", help="parallel export processes")] = 1,
+        adapter: Annotated[list[str] | None, typer.Option("--adapter", help="NAME=PATH of a LoRA adapter (repeatable): a peft save_pretrained folder, a diffusers LoRA .safetensors file, or an E²GAN adapter folder")] = None,
+        adapter_policy: Annotated[str, typer.Option("--adapter-policy", help="with --adapter: fuse (one artifact per adapter) or separate (share the base weights where the format can)")] = "fuse",
         json_out: Annotated[bool, typer.Option("--json", help="print the manifest as JSON on stdout")] = False,
     ) -> None:
         """Export a model for named phones: quantized, checked against PyTorch, listed in manifest.json."""
@@ -93,16 +109,30 @@ def register(app: typer.Typer) -> None:
         plan = plan_exports(target, formats=format, precision=precision)
         for line in plan.describe():
             err_console().print(f"plan: {line}", highlight=False)
+        image = ImageOutput.parse(image_range, where="--image-range") if image_range else loaded.image
+        adapters = parse_adapters(adapter or [])
+        if adapters and sampling_steps:
+            raise ConfigError("--sampling-steps cannot be combined with --adapter", where="--adapter",
+                              fix="check the sampling loop with a plain export of each fused model")
         with progress_callback(f"export {loaded.name}") as on_progress:
-            manifest = export(loaded.model, loaded.example_inputs, targets=target, out_dir=out, precision=precision,
-                              formats=format, calibration=cal, verify=not no_verify,
-                              tolerances=parse_tolerances(tolerance or []), use_cache=not no_cache, workers=workers,
-                              model_name=loaded.name, input_names=loaded.input_names or None,
-                              on_progress=on_progress, parity_inputs=held, parity_samples=parity_samples,
-                              sampling=Sampling(steps=sampling_steps, scheduler=sampling_scheduler)
-                              if sampling_steps else None,
-                              image=ImageOutput.parse(image_range, where="--image-range") if image_range
-                              else loaded.image)
+            if adapters:
+                from mobilekit.adapters import export_adapters
+
+                manifest = export_adapters(loaded.model, adapters, loaded.example_inputs, targets=target,
+                                           out_dir=out, precision=precision, formats=format, policy=adapter_policy,
+                                           calibration=cal, verify=not no_verify,
+                                           tolerances=parse_tolerances(tolerance or []), workers=workers,
+                                           model_name=loaded.name, input_names=loaded.input_names or None,
+                                           parity_inputs=held, parity_samples=parity_samples, on_progress=on_progress,
+                                           image=image)
+            else:
+                manifest = export(loaded.model, loaded.example_inputs, targets=target, out_dir=out, precision=precision,
+                                  formats=format, calibration=cal, verify=not no_verify,
+                                  tolerances=parse_tolerances(tolerance or []), use_cache=not no_cache, workers=workers,
+                                  model_name=loaded.name, input_names=loaded.input_names or None,
+                                  on_progress=on_progress, parity_inputs=held, parity_samples=parity_samples,
+                                  sampling=Sampling(steps=sampling_steps, scheduler=sampling_scheduler)
+                                  if sampling_steps else None, image=image)
         if json_out:
             print_json(manifest.to_dict())
         else:

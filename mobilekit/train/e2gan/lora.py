@@ -98,6 +98,13 @@ class Adapter:
         n = sum(t.numel() for t in self.weights.values())
         return n + (self.concept_embedding.numel() if self.concept_embedding is not None else 0)
 
+    def to_lora(self) -> Any:
+        """This adapter as the SDK's generic peft ``LoRA`` (what ``mobilekit.adapters`` packages)."""
+        from mobilekit.lora import LoRA
+
+        return LoRA(_peft_config(self.config), dict(self.weights), source=f"E²GAN adapter {self.concept!r}",
+                    base_sha256=self.base_sha256 or None)
+
 
 def lora_targets(model: nn.Module, patterns: Sequence[str] | None = None) -> list[str]:
     """Paths of the Conv2d/Linear modules of ``model`` matching ``patterns`` (regexes, ``re.search``).
