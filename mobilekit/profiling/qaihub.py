@@ -208,12 +208,27 @@ def _wait(job: Any, kind: str, timeout: float | None) -> None:
         raise DeviceError(f"AI Hub {kind} job {job_id} did not finish within {timeout:g} s",
                           where=url or f"job {job_id}",
                           fix="it keeps running on AI Hub: open the URL, or raise the timeout") from exc
+    except Exception as exc:  # noqa: BLE001 - polling failed (network, auth): the job may still run
+        raise DeviceError(f"waiting for AI Hub {kind} job {job_id} failed: {exc}", where=url or f"job {job_id}",
+                          fix="open the job URL; check the network and the API token") from exc
     if status is None or not hasattr(status, "success"):
         status = job.get_status()
     if not status.success:
         message = getattr(status, "message", None) or getattr(status, "code", None) or "no reason given"
         raise DeviceError(f"AI Hub {kind} job {job_id} failed: {message}", where=url or f"job {job_id}",
                           fix="open the job URL for the full log; unsupported ops or shapes need a re-export")
+
+
+def _call(kind: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
+    """A client call whose own errors (qai_hub.UserError, network) become a DeviceError with their message."""
+    try:
+        return fn(**kwargs)
+    except (DeviceError, ConfigError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - qai_hub raises its own classes; keep their text
+        raise DeviceError(f"Qualcomm AI Hub refused the {kind}: {exc}", where=f"qai_hub ({type(exc).__name__})",
+                          fix="check the API token (`qai-hub configure --api_token ...`), the network and the "
+                              "model; MOBILEKIT_DEBUG=1 shows the traceback") from exc
 
 
 def _stage_onnx(path: Path, workdir: Path) -> Path:
@@ -393,10 +408,11 @@ def profile_qaihub(artifact: str | Path, *, device: str | None = None, target: s
         model: Any = str(_stage_onnx(path, Path(tmp)) if suffix == ".onnx" else path)
         if compile_to is not None:
             options = " ".join(x for x in (f"--target_runtime {compile_to}", compile_options.strip()) if x)
-            compile_job = client.submit_compile_job(model=model, device=dev, name=f"{name} compile", options=options)
+            compile_job = _call("compile job", client.submit_compile_job, model=model, device=dev,
+                                name=f"{name} compile", options=options)
             submitted("compile", compile_job)
             _wait(compile_job, "compile", timeout)
-            model = compile_job.get_target_model()
+            model = _call("compiled model download", compile_job.get_target_model)
             if model is None:
                 raise DeviceError(f"AI Hub compile job {jobs['compile'][0]} produced no model",
                                   where=jobs["compile"][1] or "compile job", fix="open the job URL for its log")
@@ -404,10 +420,10 @@ def profile_qaihub(artifact: str | Path, *, device: str | None = None, target: s
         kwargs: dict[str, Any] = {"model": model, "device": dev, "name": name}
         if profile_options.strip():
             kwargs["options"] = profile_options.strip()
-        profile_job = client.submit_profile_job(**kwargs)
+        profile_job = _call("profile job", client.submit_profile_job, **kwargs)
         submitted("profile", profile_job)
         _wait(profile_job, "profile", timeout)
-        profile = profile_job.download_profile()
+        profile = _call("profile download", profile_job.download_profile)
     ran_on = getattr(profile_job, "device", None)  # the real job's Device: the variant that ran it
     if ran_on is not None and not isinstance(ran_on, str):
         info.update(_device_info(ran_on))

@@ -202,6 +202,21 @@ def test_failed_job_is_a_device_error_with_message_and_url(tmp_path: Path, token
     assert info.value.where == "https://workbench.aihub.qualcomm.com/jobs/jprofile1/"
 
 
+def test_client_exception_on_submit_is_a_device_error(tmp_path: Path, token: str) -> None:
+    class UserError(Exception):  # stands for qai_hub.UserError
+        pass
+
+    client = FakeClient()
+
+    def refuse(**kwargs: Any) -> Any:
+        raise UserError("Failed to authenticate.")
+
+    client.submit_profile_job = refuse  # type: ignore[method-assign]
+    with pytest.raises(DeviceError, match="refused the profile job: Failed to authenticate") as info:
+        profile_qaihub(_artifact(tmp_path), device="galaxy-s24", client=client)
+    assert "UserError" in str(info.value.where)
+
+
 def test_wait_timeout_is_a_device_error(tmp_path: Path, token: str) -> None:
     client = FakeClient(wait_raises=TimeoutError("timed out"))
     with pytest.raises(DeviceError, match="did not finish within 5 s"):
