@@ -83,9 +83,13 @@ def main(argv: list[str] | None = None) -> None:
     except MobilekitError as exc:
         if os.environ.get("MOBILEKIT_DEBUG") == "1":
             raise
+        from rich.markup import escape
+
         from mobilekit.cli._output import err_console
 
-        err_console().print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False, markup=True)
+        # escape: messages carry brackets (pip install 'mobilekit[tflite]') that are not markup
+        err_console().print(f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc))}", highlight=False,
+                            markup=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)

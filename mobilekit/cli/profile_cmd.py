@@ -48,7 +48,11 @@ def profile_command(
     junit: Annotated[Path | None, typer.Option("--junit", help="Write the budget checks as JUnit XML here.")] = None,
     device: Annotated[str | None, typer.Option(
         "--device", help="Measure on a phone: an adb serial, 'android' (the only one attached), "
-                         "or 'ios' / an iPhone name (Core ML).")] = None,
+                         "'ios' / an iPhone name (Core ML), or Qualcomm AI Hub: 'qaihub' (the --target's "
+                         "phone) or 'qaihub:<AI Hub device name>' (uploads the model to Qualcomm's cloud).")] = None,
+    qaihub_compile: Annotated[str | None, typer.Option(
+        "--qaihub-compile", help="With --device qaihub: compile on AI Hub for this target runtime first "
+                                 "(qnn_dlc, qnn_context_binary, tflite, onnx, precompiled_qnn_onnx).")] = None,
     host: Annotated[bool, typer.Option("--host", help="Measure on this host (the default).")] = False,
     runner: Annotated[Path | None, typer.Option(
         "--runner", help="Android runner binary (benchmark_model or executor_runner).")] = None,
@@ -83,7 +87,7 @@ def profile_command(
     reports: list[LatencyReport] = []
     if device:
         reports = _profile_on_device(artifacts, device=device, target=target, runner=runner, warmup=warmup,
-                                     max_seconds=max_seconds, threads=threads)
+                                     max_seconds=max_seconds, threads=threads, qaihub_compile=qaihub_compile)
     else:
         from mobilekit.profiling.host import profile
 
@@ -135,16 +139,32 @@ def profile_command(
 
 
 def _profile_on_device(artifacts: list[Path], *, device: str, target: str | None, runner: Path | None,
-                       warmup: int, max_seconds: float, threads: int | None) -> list[Any]:
+                       warmup: int, max_seconds: float, threads: int | None,
+                       qaihub_compile: str | None = None) -> list[Any]:
+    from mobilekit.errors import ConfigError
     from mobilekit.profiling.host import _resolve
 
+    kind, sep, hub_name = device.partition(":")
+    on_hub = kind.strip().lower() == "qaihub"
+    if qaihub_compile and not on_hub:
+        raise ConfigError("--qaihub-compile needs --device qaihub", where="--qaihub-compile",
+                          fix="pass --device qaihub --target T or --device qaihub:'<AI Hub device>'")
     reports = []
     for item in artifacts:
         pairs, _ = _resolve(item)
         for path, art in pairs:
             if target is not None and art is not None and art.targets and target not in art.targets:
                 continue
-            if path.suffix in (".mlpackage", ".mlmodel") or device.lower() == "ios":
+            if on_hub:
+                from mobilekit.cli._output import err_console
+                from mobilekit.profiling import qaihub
+
+                def said(kind: str, job_id: str | None, url: str | None) -> None:
+                    err_console().print(f"AI Hub {kind} job {job_id}: {url}", highlight=False)
+
+                reports.append(qaihub.profile_qaihub(path, device=hub_name.strip() or None, target=target,
+                                                     compile_to=qaihub_compile, on_submit=said))
+            elif path.suffix in (".mlpackage", ".mlmodel") or device.lower() == "ios":
                 from mobilekit.profiling.ios import profile_ios
 
                 reports.append(profile_ios(path, device=None if device.lower() == "ios" else device, target=target))

@@ -1,4 +1,5 @@
-"""Profiling: measured latency on this host or on a phone, reports (JSON, HTML, Markdown) and budgets.
+"""Profiling: measured latency on this host or on a phone (adb, Xcode, Qualcomm AI Hub), reports
+(JSON, HTML, Markdown) and budgets.
 
 Heavy work (runtimes, adb) happens in submodules imported on first use.
 """
@@ -20,6 +21,7 @@ _LAZY = {
     "profile": "mobilekit.profiling.host:profile",
     "profile_android": "mobilekit.profiling.android:profile_android",
     "profile_ios": "mobilekit.profiling.ios:profile_ios",
+    "profile_qaihub": "mobilekit.profiling.qaihub:profile_qaihub",
     "render_html": "mobilekit.profiling.html:render_html",
     "render_markdown": "mobilekit.profiling.markdown:render_markdown",
     "write_junit": "mobilekit.profiling.budget:write_junit",
