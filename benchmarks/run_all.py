@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["export", "zoo", "real_size", "profile", "estimate", "adapters", "demo", "tinyfusion", "e2gan"]
+# every *_bench.py here, so a new benchmark is part of `make bench` without editing this list
+SCRIPTS = sorted(p.name[: -len("_bench.py")] for p in HERE.glob("*_bench.py"))
 
 
 def main() -> int:

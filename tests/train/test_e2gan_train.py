@@ -12,6 +12,7 @@ from mobilekit.errors import ConfigError
 from mobilekit.train.e2gan import concepts as cc
 from mobilekit.train.e2gan.adapt import adapt, load_adapted
 from mobilekit.train.e2gan.loop import LoopConfig
+from mobilekit.train.e2gan.metrics import psnr
 from mobilekit.train.e2gan.models import E2GANConfig, PatchDiscriminatorConfig, sha256_of_state
 from mobilekit.train.e2gan.train import AdaptConfig, BaseTrainConfig, load_base, train_base
 
@@ -69,6 +70,12 @@ def test_adapt_lora_searched_ranks_subset_and_base_unchanged(base_dir, tmp_path)
     e = emb.expand(2, -1, -1)
     with torch.no_grad():
         assert torch.allclose(fused(x, e), res.generator(x, e), atol=1e-5)
+    # run.json says how the adapted model does on photos training never saw, beside the identity map
+    ev = json.loads((tmp_path / "sepia" / "run.json").read_text())["eval"]
+    assert ev["split"] == "held-out photos" and ev["pairs"] == 16
+    held = cc.builtin_pairs("sepia", 16, 32, seed=10_007, held_out_photos=True)
+    assert ev["identity_psnr_db"] == pytest.approx(psnr(held.sources, held.targets), abs=1e-3)
+    assert ev["gain_over_identity_db"] == pytest.approx(ev["psnr_db"] - ev["identity_psnr_db"], abs=2e-3)
 
 
 @pytest.mark.parametrize("method", ["full", "scratch"])

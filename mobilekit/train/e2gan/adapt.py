@@ -81,6 +81,27 @@ def concept_pairs_for(config: AdaptConfig, data: Path | cc.ConceptPairs | None, 
     return cc.builtin_pairs(config.concept, config.pairs, config.image_size, seed=seed)
 
 
+def evaluate_adapted(model: nn.Module, config: AdaptConfig, data: Path | cc.ConceptPairs | None,
+                     seed: int) -> dict[str, Any]:
+    """PSNR of the adapted model against the targets, beside the identity map's (the source photo as is).
+
+    A built-in concept is evaluated on crops of photos training never sees; a user's data has no
+    held-out split here, so its pairs are used and the record says so.
+    """
+    from mobilekit.train.e2gan.metrics import psnr
+
+    if data is None and config.concept in cc.builtin_concepts():
+        pairs, split = cc.builtin_pairs(config.concept, 16, config.image_size, seed=seed + 10_007,
+                                        held_out_photos=True), "held-out photos"
+    else:
+        pairs, split = concept_pairs_for(config, data, seed), "training pairs"
+    with torch.no_grad():
+        out = model(pairs.sources, torch.zeros(len(pairs), dtype=torch.long))
+    got, identity = psnr(out, pairs.targets), psnr(pairs.sources, pairs.targets)
+    return {"split": split, "pairs": len(pairs), "psnr_db": round(got, 3), "identity_psnr_db": round(identity, 3),
+            "gain_over_identity_db": round(got - identity, 3)}
+
+
 def _initial_embedding(base: BaseModel, prompt: str, text_encoder: cc.TextEncoder | None) -> torch.Tensor:
     if text_encoder is not None:
         return text_encoder.encode([prompt])[0].float()
@@ -217,6 +238,7 @@ def adapt(base: BaseModel | Path, config: AdaptConfig, out_dir: Path, *,
         raise ConfigError("the base generator changed during adaptation", where="adapt",
                           fix="this is a bug; please report it")
     save_grid_for(out / "grid.png", model, tdata)
+    record["eval"] = evaluate_adapted(model, config, data, seed)
     record.update({"method": config.method, "ranks": ranks, "trainable_parameters": trainable,
                    "stored_parameters": stored, "stored_bytes": stored_bytes, "setup_seconds": setup_seconds, "toolchain": toolchain_versions(),
                    **res})
