@@ -402,9 +402,14 @@ def parity_map(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], r
                      "last tap (ops between modules or after them); tap finer modules with --modules")
     if shipped is not None and shipped.status in ("pass", "fail") and shipped.status != final.status:
         verb = "passes" if final.status == "pass" else "fails"
-        notes.append(f"the tapped artifact's final output {verb} while the shipped artifact's parity "
-                     f"is {shipped.status}: the taps changed how the graph was fused or quantized; read the map "
-                     "as indicative")
+        if shipped.inputs != final.inputs:
+            notes.append(f"the tapped artifact's final output {verb} on {final.inputs} input(s) while the shipped "
+                         f"artifact's parity over {shipped.inputs} is {shipped.status}: compare the same inputs "
+                         f"(--parity-samples {shipped.inputs})")
+        else:
+            notes.append(f"the tapped artifact's final output {verb} while the shipped artifact's parity "
+                         f"is {shipped.status}: the taps changed how the graph was fused or quantized; read the map "
+                         "as indicative")
     progress("done", 4, 4)
     return ParityMap(recipe=recipe, runtime=runtime, tolerance=tol, rows=tuple(rows), final=final,
                      first_over=first_over, inputs=len(feeds), artifact=artifact, shipped=shipped,
@@ -493,9 +498,15 @@ def load_model_for(manifest: Any, artifact: Any, spec: str | None = None) -> Any
     return loaded
 
 
-def artifact_parity(path: str | Path, *, spec: str | None = None, parity_samples: int = 4,
+def artifact_parity(path: str | Path, *, spec: str | None = None, parity_samples: int | None = None,
                     tolerances: Mapping[str, Mapping[str, float]] | None = None) -> Parity:
     """Run the parity check of a shipped artifact again, in its real runtime, against the rebuilt model.
+
+    Args:
+        path: an artifact file inside an export directory (with ``manifest.json``).
+        spec: the SPEC that builds the exported model (default: from the manifest's model name).
+        parity_samples: inputs to compare (default: as many as at export, so the same inputs).
+        tolerances: per-precision overrides.
 
     Raises:
         ConfigError: see ``locate_artifact`` and ``load_model_for``.
@@ -508,14 +519,14 @@ def artifact_parity(path: str | Path, *, spec: str | None = None, parity_samples
     model, example = loaded.model.eval(), loaded.example_inputs
     with torch.no_grad():
         reference = [t.detach().float().numpy() for t in flatten_outputs(model(*example))]
-    feeds, references = _parity_feeds(model, example, reference, None, parity_samples)
+    feeds, references = _parity_feeds(model, example, reference, None, parity_samples or max(1, art.parity.inputs))
     root = manifest.root or Path(".")
     return _verify(manifest.path_of(art), art.recipe, feeds, references, tolerances,
                    [root / f for f in art.extra_files])
 
 
 def artifact_parity_map(path: str | Path, *, spec: str | None = None, modules: str | Sequence[str] | None = None,
-                        parity_samples: int = 1, tolerances: Mapping[str, Mapping[str, float]] | None = None,
+                        parity_samples: int | None = None, tolerances: Mapping[str, Mapping[str, float]] | None = None,
                         on_progress: ProgressFn | None = None) -> ParityMap:
     """``parity_map`` for a shipped artifact: its recipe from the manifest, its model rebuilt from ``spec``.
 
@@ -523,7 +534,8 @@ def artifact_parity_map(path: str | Path, *, spec: str | None = None, modules: s
         path: an artifact file inside an export directory (with ``manifest.json``).
         spec: the SPEC that builds the exported model (default: from the manifest's model name).
         modules: as in ``parity_map``.
-        parity_samples: inputs to compare (the example first, then held-out ones).
+        parity_samples: inputs to compare (the example first, then held-out ones; default: as many as the
+            shipped artifact's parity compared, so the same inputs).
         tolerances: per-precision overrides.
         on_progress: ``on_progress(stage, done, total)`` callback.
 
@@ -536,6 +548,7 @@ def artifact_parity_map(path: str | Path, *, spec: str | None = None, modules: s
     manifest, art = locate_artifact(path)
     loaded = load_model_for(manifest, art, spec)
     return parity_map(loaded.model, loaded.example_inputs, art.recipe, modules=modules,
-                      calibration=loaded.calibration or None, parity_samples=parity_samples, tolerances=tolerances,
+                      calibration=loaded.calibration or None,
+                      parity_samples=parity_samples or max(1, art.parity.inputs), tolerances=tolerances,
                       input_names=loaded.input_names or None, artifact=art.path, shipped=art.parity,
                       on_progress=on_progress)

@@ -19,9 +19,23 @@ def _g(value: float | None, digits: int = 4) -> str:
     return "–" if value is None else f"{value:.{digits}g}"
 
 
+def _common_prefix(paths: list[str]) -> str:
+    """The dotted prefix every path shares (``dit.``), or ``""``."""
+    if len(paths) < 2:
+        return ""
+    parts = [p.split(".") for p in paths]
+    shared = []
+    for column in zip(*parts):
+        if len(set(column)) != 1:
+            break
+        shared.append(column[0])
+    shared = shared[:min(len(p) for p in parts) - 1]
+    return ".".join(shared) + "." if shared else ""
+
+
 def psnr_line_svg(pm: ParityMap, *, width: int = 980, height: int = 340) -> str:
     """PSNR (dB) per tapped module along execution order, the tolerance floor, and the first module over it."""
-    left, right, top, bottom = 56, 16, 16, 110
+    left, right, top, bottom = 56, 110, 16, 100
     w, h = width - left - right, height - top - bottom
     n = len(pm.rows)
     floor = pm.tolerance.get("psnr_db", 0.0)
@@ -47,6 +61,7 @@ def psnr_line_svg(pm: ParityMap, *, width: int = 980, height: int = 340) -> str:
         body.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + h}" stroke="#9a6700" '
                     f'stroke-width="1.5" stroke-dasharray="2 3"/><text x="{x + 4:.1f}" y="{top + 12}" '
                     f'fill="#9a6700">first over: {_e(pm.first_over)}</text>')
+    prefix = _common_prefix([r.module for r in pm.rows])
     points = " ".join(f"{sx(i):.1f},{sy(v):.1f}" for i, v in enumerate(values))
     body.append(f'<polyline points="{points}" fill="none" stroke="#4e79a7" stroke-width="2"/>')
     for i, (r, v) in enumerate(zip(pm.rows, values, strict=True)):
@@ -54,9 +69,13 @@ def psnr_line_svg(pm: ParityMap, *, width: int = 980, height: int = 340) -> str:
         body.append(f'<circle class="mk-point" cx="{sx(i):.1f}" cy="{sy(v):.1f}" r="{5 if r.ok else 6}" '
                     f'fill="{color}"><title>{_e(r.module)} ({_e(r.type)}): PSNR {_g(r.psnr_db)} dB, cosine '
                     f'{_g(r.cosine, 7)}, {r.status}</title></circle>')
-        label = r.module if len(r.module) <= 28 else "…" + r.module[-27:]
+        short = r.module[len(prefix):] or r.module
+        label = short if len(short) <= 24 else "…" + short[-23:]
         body.append(f'<text transform="translate({sx(i) + 3:.1f},{top + h + 10}) rotate(40)" '
                     f'text-anchor="start">{_e(label)}</text>')
+    if prefix:
+        body.append(f'<text x="{left + w / 2:.1f}" y="{height - 4}" text-anchor="middle">modules of '
+                    f'{_e(prefix.rstrip("."))}, in execution order</text>')
     body.append(f'<text transform="translate(14,{top + h / 2:.1f}) rotate(-90)" text-anchor="middle">'
                 f'PSNR vs PyTorch (dB, capped at {_PSNR_CAP:.0f})</text>')
     return _svg("psnr-by-module", width, height, body, "PSNR per module along execution order")
@@ -93,12 +112,12 @@ def render_parity_map_html(pm: ParityMap, *, title: str | None = None) -> str:
              "<th>max abs</th><th>rel. error</th><th>growth ×</th><th>status</th></tr>" + "".join(rows) + "</table>")
     notes = "".join(f"<li>{_e(n)}</li>" for n in pm.notes if n != CAVEAT)
     return ("<!doctype html><html><head><meta charset=\"utf-8\"><title>" + _e(head) + "</title><style>" + _CSS
-            + "td:nth-child(2){text-align:left}</style></head><body>"
+            + "td:nth-child(2),th:nth-child(2),td:nth-child(3),th:nth-child(3){text-align:left}</style></head><body>"
             + f"<h1>{_e(head)}</h1>{verdict}<table>{facts_html}</table>"
             + "<h2>PSNR along the graph</h2>" + psnr_line_svg(pm)
             + "<h2>Module by module</h2>" + table
-            + '<p class="note">Growth: a row\'s relative error (‖artifact − PyTorch‖ / ‖PyTorch‖) divided by the '
-              "previous row's. Rows are in the order the modules finished in PyTorch's forward.</p>"
+            + '<p class="note">Growth: a row\'s relative error (‖artifact − PyTorch‖ / ‖PyTorch‖) divided by '
+              "the previous row's. Rows are in the order the modules finished in PyTorch's forward.</p>"
             + f'<p class="note">Caveat: {_e(CAVEAT)}; the final output of the tapped artifact is compared '
               "too.</p>" + (f"<h3>Notes</h3><ul>{notes}</ul>" if notes else "")
             + f"<script>{_SCRIPT}</script></body></html>")

@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -198,3 +199,39 @@ def test_public_api():
     import mobilekit.module_parity  # noqa: F401  (a submodule must not shadow the function)
 
     assert mobilekit.parity_map is parity_map and mobilekit.ParityMap is ParityMap
+
+
+def _hand_map() -> ParityMap:
+    from mobilekit.module_parity import ModuleParity
+    from mobilekit.parity import Parity
+    from mobilekit.recipe import Recipe
+
+    def row(i: int, psnr: float) -> ModuleParity:
+        ok = psnr >= 20.0
+        return ModuleParity(module=f"net.<b>locks.{i}", type="Block", shape=(1, 16), status="pass" if ok else "fail",
+                            cosine=0.9999 if ok else 0.9, psnr_db=psnr, max_abs_error=0.01, rel_error=0.01 * (i + 1),
+                            growth=None if i == 0 else (i + 1) / i)
+    rows = tuple(row(i, p) for i, p in enumerate([58.0, 57.0, 999.0, 18.0, 17.0]))
+    return ParityMap(recipe=Recipe.parse("onnx-int8-dynamic"), runtime="onnxruntime",
+                     tolerance={"cosine": 0.98, "psnr_db": 20.0}, rows=rows, first_over="net.<b>locks.3",
+                     final=Parity(status="fail", cosine=0.9, psnr_db=17.0), artifact="m.onnx")
+
+
+def test_html_report_marks_first_over_and_escapes(tmp_path):
+    from mobilekit.module_parity_html import render_parity_map_html, write_parity_map_html
+
+    pm = _hand_map()
+    page = render_parity_map_html(pm)
+    assert "<b>locks" not in page and "net.&lt;b&gt;locks.3 ◀ first over" in page
+    assert page.count('class="mk-point"') == 5 and "first over: net.&lt;b&gt;locks.3" in page
+    assert "floor 20 dB" in page and "extra graph outputs" in page
+    path = write_parity_map_html(tmp_path / "pm.html", pm)
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        return  # the page's layout is checked where a browser is installed (apt-get install chromium)
+    proc = subprocess.run([str(chromium), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                           "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}",
+                           "--virtual-time-budget=3000", "--dump-dom", path.as_uri()],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'data-mk-rendered="ok"' in proc.stdout and 'data-mk-bars="5"' in proc.stdout

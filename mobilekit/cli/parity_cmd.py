@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         spec: Annotated[str | None, typer.Option("--spec", help="SPEC that builds the exported model, when the manifest's model name doesn't (builtin:NAME, zoo:NAME, package.module:function, model folder)")] = None,
         modules: Annotated[str | None, typer.Option("--modules", help="regex over module paths to tap (default: the block-level modules)")] = None,
         out: Annotated[Path | None, typer.Option("--out", "-o", help="directory for parity_map.json and parity_map.html (default: beside the artifact, named after it)")] = None,
-        parity_samples: Annotated[int | None, typer.Option("--parity-samples", help="inputs to compare: the example and N-1 held-out ones (default: 1 with --by-module, else 4 as at export)")] = None,
+        parity_samples: Annotated[int | None, typer.Option("--parity-samples", help="inputs to compare: the example and N-1 held-out ones (default: as many as the shipped artifact's parity compared)")] = None,
         tolerance: Annotated[list[str] | None, typer.Option("--tolerance", help="PRECISION:cosine=0.99 or PRECISION:psnr_db=30")] = None,
         json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON on stdout")] = False,
     ) -> None:
@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         if not by_module:
             from mobilekit.module_parity import artifact_parity
 
-            parity = artifact_parity(artifact, spec=spec, parity_samples=parity_samples or 4, tolerances=tolerances)
+            parity = artifact_parity(artifact, spec=spec, parity_samples=parity_samples, tolerances=tolerances)
             if json_out:
                 print_json(parity.to_dict())
             else:
@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
         from mobilekit.module_parity_html import write_parity_map_html
 
         with progress_callback(f"parity map {artifact.name}") as on_progress:
-            pm = artifact_parity_map(artifact, spec=spec, modules=modules, parity_samples=parity_samples or 1,
+            pm = artifact_parity_map(artifact, spec=spec, modules=modules, parity_samples=parity_samples,
                                      tolerances=tolerances, on_progress=on_progress)
         if out is not None:
             folder = ensure_writable_dir(out)
