@@ -70,10 +70,15 @@ class ModuleParity:
         return self.status == "pass"
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict for JSON."""
+        """Plain dict for JSON; a non-finite number (a runtime that returned NaN or inf) becomes null."""
         return {"module": self.module, "type": self.type, "shape": list(self.shape), "status": self.status,
-                "ok": self.ok, "cosine": self.cosine, "psnr_db": self.psnr_db, "max_abs_error": self.max_abs_error,
-                "rel_error": self.rel_error, "growth": self.growth, "reason": self.reason}
+                "ok": self.ok, "cosine": _finite(self.cosine), "psnr_db": _finite(self.psnr_db),
+                "max_abs_error": _finite(self.max_abs_error), "rel_error": _finite(self.rel_error),
+                "growth": _finite(self.growth), "reason": self.reason}
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is None or math.isfinite(value) else None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,7 +125,8 @@ class ParityMap:
         return {"version": self.version, "artifact": self.artifact, "recipe": self.recipe.to_dict(),
                 "recipe_name": self.recipe.name, "runtime": self.runtime, "tolerance": dict(self.tolerance),
                 "inputs": self.inputs, "first_over": self.first_over, "passed": self.passed,
-                "rows": [r.to_dict() for r in self.rows], "growth": self.growth, "final": self.final.to_dict(),
+                "rows": [r.to_dict() for r in self.rows], "growth": [_finite(g) for g in self.growth],
+                "final": {k: _finite(v) if isinstance(v, float) else v for k, v in self.final.to_dict().items()},
                 "shipped": self.shipped.to_dict() if self.shipped else None, "notes": list(self.notes),
                 "caveat": CAVEAT}
 

@@ -195,6 +195,25 @@ def test_cli_spec_plain_check_and_clear_errors(tmp_path, monkeypatch):
     assert "conv2" in res.stdout and "every tap within tolerance" in res.stderr
 
 
+def test_core_ml_off_macos_is_refused_before_any_work():
+    if sys.platform == "darwin":
+        pytest.skip("Core ML runs here")
+    from mobilekit.errors import BackendUnavailableError
+
+    with pytest.raises(BackendUnavailableError, match="Core ML runtime") as err:
+        parity_map(*_net(), "coreml-fp16")
+    assert err.value.where == "coreml-fp16" and "another format" in err.value.fix
+
+
+def test_json_has_no_nan():
+    from dataclasses import replace
+
+    pm = _hand_map()
+    broken = replace(pm, rows=(replace(pm.rows[0], cosine=float("nan"), rel_error=math.inf), *pm.rows[1:]))
+    data = json.loads(json.dumps(broken.to_dict(), allow_nan=False))
+    assert data["rows"][0]["cosine"] is None and data["rows"][0]["ok"] is True
+
+
 def test_public_api():
     import mobilekit.module_parity  # noqa: F401  (a submodule must not shadow the function)
 
