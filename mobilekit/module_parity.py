@@ -283,6 +283,80 @@ def _rel_error(ref: np.ndarray, out: np.ndarray) -> float:
     return err / norm if norm > 0 else (0.0 if err == 0 else math.inf)
 
 
+def _short(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or str(exc)
+    return (text.strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+def _group_runner(model: torch.nn.Module, names: Sequence[str], example: tuple[torch.Tensor, ...], recipe: Recipe,
+                  cal: list[tuple[torch.Tensor, ...]] | None, options: dict[str, Any],
+                  feeds: Sequence[tuple[torch.Tensor, ...]], n_final: int
+                  ) -> Callable[[list[str]], tuple[list[list[np.ndarray]], str]]:
+    """A function converting the model tapped at a group of modules and running it on every feed."""
+    from mobilekit.exporting import _convert, _runtime_options
+    from mobilekit.runtime import run_artifact_many
+    from mobilekit.runtime.runners import runtime_name
+
+    def run(group: list[str]) -> tuple[list[list[np.ndarray]], str]:
+        with tempfile.TemporaryDirectory(prefix="mobilekit-parity-map-") as tmp:
+            workdir = Path(tmp)
+            result = _convert(_Tapped(model, group, names).eval(), example, recipe, workdir, cal, options)
+            main = workdir / result.filename
+            try:
+                actual = run_artifact_many(main, [[t.detach().numpy() for t in f] for f in feeds],
+                                           **_runtime_options([workdir / f for f in result.extra_files]))
+            except RuntimeCrashError as exc:
+                raise ExportError(f"the tapped {recipe.name} artifact failed in its runtime: {exc.message}",
+                                  where=recipe.name, fix="tap fewer modules (--modules REGEX)") from exc
+        if any(len(a) != n_final + len(group) for a in actual):
+            raise ExportError(f"the tapped {recipe.name} artifact returns {len(actual[0])} outputs, expected "
+                              f"{n_final + len(group)} ({n_final} final + {len(group)} taps)", where=recipe.name,
+                              fix="tap fewer modules (--modules REGEX)")
+        return actual, runtime_name(main)
+    return run
+
+
+def _run_in_groups(run: Callable[[list[str]], tuple[list[list[np.ndarray]], str]], taps: list[str]
+                   ) -> tuple[dict[str, list[np.ndarray]], list[list[np.ndarray]], dict[str, str], int, str]:
+    """All taps in one artifact; where the converter or runtime rejects that, halves of the group, recursively.
+
+    Some backends refuse a graph output in some places (XNNPACK partitions that would pass an input
+    through; LiteRT int8 kernels whose output became a float graph output). Splitting keeps every
+    tap that works alone; a tap that fails even alone is reported, not dropped.
+
+    Returns:
+        Per tap its output on each feed, the final outputs on each feed, the reason per tap that
+        failed alone, how many artifacts were built, and the runtime's name.
+    """
+    from mobilekit.errors import UnsupportedOpError
+
+    got: dict[str, list[np.ndarray]] = {}
+    errors: dict[str, str] = {}
+    final: list[list[np.ndarray]] | None = None
+    runtime, built, first_exc = "", 0, None
+    queue = [list(taps)]
+    while queue:
+        group = queue.pop(0)
+        try:
+            actual, runtime = run(group)
+        except (ExportError, UnsupportedOpError) as exc:
+            first_exc = first_exc or exc
+            if len(group) == 1:
+                errors[group[0]] = _short(exc)
+            else:
+                queue[:0] = [group[:len(group) // 2], group[len(group) // 2:]]
+            continue
+        built += 1
+        n_final = len(actual[0]) - len(group)
+        if final is None:
+            final = [a[:n_final] for a in actual]
+        for j, path in enumerate(group):
+            got[path] = [a[n_final + j] for a in actual]
+    if final is None:  # not one tap converts and runs: the model itself fails in this recipe
+        raise first_exc if first_exc is not None else ExportError("no tap to convert", where="modules")
+    return got, final, errors, built, runtime
+
+
 def parity_map(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], recipe: Recipe | str, *,
                modules: str | Sequence[str] | None = None,
                calibration: Sequence[Sequence[torch.Tensor]] | None = None,
@@ -327,10 +401,8 @@ def parity_map(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], r
         'blocks.2'
     """
     from mobilekit.converters._torch_common import check_inputs, input_names_of, prepared_model
-    from mobilekit.exporting import _convert, _needs_apple, _parity_feeds, _runtime_options
+    from mobilekit.exporting import _needs_apple, _parity_feeds
     from mobilekit.inputs import CALIBRATION_SEED, held_out_inputs
-    from mobilekit.runtime import run_artifact_many
-    from mobilekit.runtime.runners import runtime_name
 
     recipe = Recipe.parse(recipe) if isinstance(recipe, str) else recipe
     if _needs_apple(recipe):
@@ -368,41 +440,38 @@ def parity_map(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], r
         cal = held_out_inputs(example, 8, seed=CALIBRATION_SEED)
 
     progress("convert", 1, 4)
-    with tempfile.TemporaryDirectory(prefix="mobilekit-parity-map-") as tmp:
-        workdir = Path(tmp)
-        result = _convert(tapped, example, recipe, workdir, cal, dict(converter_options or {}))
-        main = workdir / result.filename
-        extra = [workdir / f for f in result.extra_files]
-        progress("run", 2, 4)
-        try:
-            actual = run_artifact_many(main, [[t.detach().numpy() for t in f] for f in feeds],
-                                       **_runtime_options(extra))
-        except RuntimeCrashError as exc:
-            raise ExportError(f"the tapped {recipe.name} artifact failed in its runtime: {exc.message}",
-                              where=recipe.name, fix="tap fewer modules (--modules REGEX)") from exc
-        runtime = runtime_name(main)
+    run = _group_runner(model, names, example, recipe, cal, dict(converter_options or {}), feeds, n_final)
+    got, final_actual, errors, groups, runtime = _run_in_groups(run, taps)
+    if groups > 1:
+        notes.append(f"the {recipe.name} converter or runtime rejected the model with all {len(taps)} taps; "
+                     f"the taps were split over {groups} artifacts")
 
     progress("compare", 3, 4)
-    if any(len(a) != len(r) for a, r in zip(actual, references, strict=True)):
-        raise ExportError(f"the tapped {recipe.name} artifact returns {len(actual[0])} outputs, expected "
-                          f"{len(references[0])} ({n_final} final + {len(taps)} taps)", where=recipe.name,
-                          fix="tap fewer modules (--modules REGEX); the converter may have merged equal outputs")
-    final = compare_many([r[:n_final] for r in references], [a[:n_final] for a in actual], tolerance=tol,
-                         runtime=runtime)
+    final = compare_many([r[:n_final] for r in references], final_actual, tolerance=tol, runtime=runtime)
     kinds = {p: type(model.get_submodule(p)).__name__ for p in taps}
     rows: list[ModuleParity] = []
     prev: float | None = None
     for k, path in enumerate(taps, start=n_final):
-        p = compare_many([[r[k]] for r in references], [[a[k]] for a in actual], tolerance=tol, runtime=runtime)
-        rel = (max(_rel_error(r[k], a[k]) for r, a in zip(references, actual, strict=True))
+        shape = tuple(references[0][k].shape)
+        if path in errors:
+            rows.append(ModuleParity(module=path, type=kinds[path], shape=shape, status="error", cosine=None,
+                                     psnr_db=None, max_abs_error=None, rel_error=None, reason=errors[path]))
+            prev = None
+            continue
+        outs = got[path]
+        p = compare_many([[r[k]] for r in references], [[a] for a in outs], tolerance=tol, runtime=runtime)
+        rel = (max(_rel_error(r[k], a) for r, a in zip(references, outs, strict=True))
                if p.cosine is not None else None)
         growth = (rel / prev) if rel is not None and prev not in (None, 0.0) and math.isfinite(rel) else None
-        rows.append(ModuleParity(module=path, type=kinds[path], shape=tuple(references[0][k].shape),
-                                 status=p.status, cosine=p.cosine, psnr_db=p.psnr_db, max_abs_error=p.max_abs_error,
-                                 rel_error=rel, growth=growth, reason=p.reason))
+        rows.append(ModuleParity(module=path, type=kinds[path], shape=shape, status=p.status, cosine=p.cosine,
+                                 psnr_db=p.psnr_db, max_abs_error=p.max_abs_error, rel_error=rel, growth=growth,
+                                 reason=p.reason))
         prev = rel
-    first_over = next((r.module for r in rows if not r.ok), None)
+    first_over = next((r.module for r in rows if r.status == "fail"), None)
     notes = [CAVEAT, *notes]
+    if errors:
+        notes.append(f"{len(errors)} module(s) could not be tapped in {recipe.name} even alone (status error): "
+                     + ", ".join(errors))
     if first_over is None and final.status == "fail":
         notes.append("every tap is within tolerance but the final output is not: the error enters after the "
                      "last tap (ops between modules or after them); tap finer modules with --modules")

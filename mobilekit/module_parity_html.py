@@ -39,10 +39,11 @@ def psnr_line_svg(pm: ParityMap, *, width: int = 980, height: int = 340) -> str:
     w, h = width - left - right, height - top - bottom
     n = len(pm.rows)
     floor = pm.tolerance.get("psnr_db", 0.0)
-    values = [min(r.psnr_db, _PSNR_CAP) if r.psnr_db is not None and r.psnr_db == r.psnr_db else 0.0
-              for r in pm.rows]
-    hi = max([*values, floor]) * 1.08 + 1.0
-    lo = max(0.0, min([*values, floor]) - 5.0)
+    values = [min(r.psnr_db, _PSNR_CAP) if r.psnr_db is not None and r.psnr_db == r.psnr_db else None
+              for r in pm.rows]  # None: a tap that could not be built (status error), or NaN
+    known = [v for v in values if v is not None]
+    hi = max([*known, floor]) * 1.08 + 1.0
+    lo = max(0.0, min([*known, floor]) - 5.0)
     sx = (lambda i: left + (w / 2 if n == 1 else i * w / (n - 1)))
     sy = (lambda v: top + h - (v - lo) / (hi - lo) * h)
     body = [f'<line class="mk-axis" x1="{left}" y1="{top + h}" x2="{left + w}" y2="{top + h}"/>',
@@ -62,9 +63,13 @@ def psnr_line_svg(pm: ParityMap, *, width: int = 980, height: int = 340) -> str:
                     f'stroke-width="1.5" stroke-dasharray="2 3"/><text x="{x + 4:.1f}" y="{top + 12}" '
                     f'fill="#9a6700">first over: {_e(pm.first_over)}</text>')
     prefix = _common_prefix([r.module for r in pm.rows])
-    points = " ".join(f"{sx(i):.1f},{sy(v):.1f}" for i, v in enumerate(values))
+    points = " ".join(f"{sx(i):.1f},{sy(v):.1f}" for i, v in enumerate(values) if v is not None)
     body.append(f'<polyline points="{points}" fill="none" stroke="#4e79a7" stroke-width="2"/>')
     for i, (r, v) in enumerate(zip(pm.rows, values, strict=True)):
+        if v is None:
+            body.append(f'<text x="{sx(i):.1f}" y="{top + h - 6}" text-anchor="middle" fill="#9a6700">✕'
+                        f'<title>{_e(r.module)}: {_e(r.reason or r.status)}</title></text>')
+            continue
         color = "#1a7f37" if r.ok else "#cf222e"
         body.append(f'<circle class="mk-point" cx="{sx(i):.1f}" cy="{sy(v):.1f}" r="{5 if r.ok else 6}" '
                     f'fill="{color}"><title>{_e(r.module)} ({_e(r.type)}): PSNR {_g(r.psnr_db)} dB, cosine '
@@ -102,7 +107,7 @@ def render_parity_map_html(pm: ParityMap, *, title: str | None = None) -> str:
     facts_html = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts)
     rows = []
     for i, r in enumerate(pm.rows):
-        cls = "st-pass" if r.ok else "st-fail"
+        cls = {"pass": "st-pass", "fail": "st-fail"}.get(r.status, "st-error")
         mark = " ◀ first over" if r.module == pm.first_over else ""
         rows.append(f"<tr><td>{i}</td><td>{_e(r.module)}{_e(mark)}</td><td>{_e(r.type)}</td>"
                     f"<td>{_e('×'.join(map(str, r.shape)))}</td><td>{_g(r.cosine, 7)}</td><td>{_g(r.psnr_db)}</td>"

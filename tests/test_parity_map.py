@@ -134,6 +134,41 @@ def test_int8_error_entering_at_one_block_is_found(recipe):
     json.dumps(clean.to_dict(), allow_nan=False)
 
 
+@pytest.mark.backend_tflite
+def test_taps_a_backend_rejects_together_are_split_not_dropped():
+    """LiteRT int8-static rejects some tensors as extra float outputs: the map splits the taps, keeps the rest."""
+    pytest.importorskip("litert_torch", reason="install with: pip install 'mobilekit[tflite]'")
+    pm = parity_map(*_net(), "tflite-int8-static")
+    assert [r.module for r in pm.rows] == BLOCKS
+    assert all(r.status in ("pass", "error") for r in pm.rows) and pm.first_over is None
+    assert sum(r.ok for r in pm.rows) >= len(BLOCKS) - 2
+    errors = [r for r in pm.rows if r.status == "error"]
+    if errors:
+        assert any("split over" in n for n in pm.notes) and all(r.reason and r.psnr_db is None for r in errors)
+    assert pm.final.status == "pass"
+
+
+def test_splitting_finds_the_one_tap_that_fails_alone():
+    from mobilekit.errors import ExportError
+    from mobilekit.module_parity import _run_in_groups
+    import numpy as np
+
+    calls = []
+
+    def run(group):
+        calls.append(list(group))
+        if "c" in group:
+            raise ExportError("c cannot be an output", where="x")
+        return [[np.zeros(1)] + [np.full(1, ord(p)) for p in group]], "fake"
+
+    got, final, errors, built, runtime = _run_in_groups(run, list("abcde"))
+    assert errors == {"c": "c cannot be an output"} and sorted(got) == list("abde")
+    assert all(got[p][0][0] == ord(p) for p in got) and built == 2  # [a b] and [d e]
+    assert calls == [list("abcde"), list("ab"), list("cde"), ["c"], list("de")]
+    with pytest.raises(ExportError):
+        _run_in_groups(run, ["c"])
+
+
 @pytest.mark.backend_onnx
 def test_cli_by_module_writes_map_and_report(tmp_path, monkeypatch):
     from mobilekit.cli.main import app
