@@ -69,11 +69,11 @@ def psnr_line_svg(pm: ParityMap, *, width: int = 980, height: int = 340) -> str:
         if v is None:
             body.append(f'<text x="{sx(i):.1f}" y="{top + h - 6}" text-anchor="middle" fill="#9a6700">✕'
                         f'<title>{_e(r.module)}: {_e(r.reason or r.status)}</title></text>')
-            continue
-        color = "#1a7f37" if r.ok else "#cf222e"
-        body.append(f'<circle class="mk-point" cx="{sx(i):.1f}" cy="{sy(v):.1f}" r="{5 if r.ok else 6}" '
-                    f'fill="{color}"><title>{_e(r.module)} ({_e(r.type)}): PSNR {_g(r.psnr_db)} dB, cosine '
-                    f'{_g(r.cosine, 7)}, {r.status}</title></circle>')
+        else:
+            color = "#1a7f37" if r.ok else "#cf222e"
+            body.append(f'<circle class="mk-point" cx="{sx(i):.1f}" cy="{sy(v):.1f}" r="{5 if r.ok else 6}" '
+                        f'fill="{color}"><title>{_e(r.module)} ({_e(r.type)}): PSNR {_g(r.psnr_db)} dB, cosine '
+                        f'{_g(r.cosine, 7)}, {r.status}</title></circle>')
         short = r.module[len(prefix):] or r.module
         label = short if len(short) <= 24 else "…" + short[-23:]
         body.append(f'<text transform="translate({sx(i) + 3:.1f},{top + h + 10}) rotate(40)" '
@@ -94,6 +94,9 @@ def render_parity_map_html(pm: ParityMap, *, title: str | None = None) -> str:
         verdict = f'<p class="st-fail">Error enters at <b>{_e(pm.first_over)}</b>: the first module over tolerance.</p>'
     elif pm.final.status == "fail":
         verdict = '<p class="st-fail">Every tap is within tolerance, but the final output is not.</p>'
+    elif any(r.status == "error" for r in pm.rows):
+        verdict = ('<p class="st-pass">Every module that could be tapped, and the final output, are within '
+                   'tolerance; <span class="st-error">some could not be tapped (see the table).</span></p>')
     else:
         verdict = '<p class="st-pass">Every tapped module and the final output are within tolerance.</p>'
     final = pm.final
@@ -112,12 +115,12 @@ def render_parity_map_html(pm: ParityMap, *, title: str | None = None) -> str:
         rows.append(f"<tr><td>{i}</td><td>{_e(r.module)}{_e(mark)}</td><td>{_e(r.type)}</td>"
                     f"<td>{_e('×'.join(map(str, r.shape)))}</td><td>{_g(r.cosine, 7)}</td><td>{_g(r.psnr_db)}</td>"
                     f"<td>{_g(r.max_abs_error, 3)}</td><td>{_g(r.rel_error, 3)}</td><td>{_g(r.growth, 3)}</td>"
-                    f'<td class="{cls}">{_e(r.status)}</td></tr>')
+                    f'<td class="{cls}">{_e(r.status)}</td><td class="why">{_e(r.reason or "")}</td></tr>')
     table = ("<table><tr><th>#</th><th>module</th><th>type</th><th>shape</th><th>cosine</th><th>PSNR (dB)</th>"
-             "<th>max abs</th><th>rel. error</th><th>growth ×</th><th>status</th></tr>" + "".join(rows) + "</table>")
+             "<th>max abs</th><th>rel. error</th><th>growth ×</th><th>status</th><th>why</th></tr>" + "".join(rows) + "</table>")
     notes = "".join(f"<li>{_e(n)}</li>" for n in pm.notes if n != CAVEAT)
     return ("<!doctype html><html><head><meta charset=\"utf-8\"><title>" + _e(head) + "</title><style>" + _CSS
-            + "td:nth-child(2),th:nth-child(2),td:nth-child(3),th:nth-child(3){text-align:left}</style></head><body>"
+            + "td:nth-child(2),th:nth-child(2),td:nth-child(3),th:nth-child(3),th:last-child{text-align:left}</style></head><body>"
             + f"<h1>{_e(head)}</h1>{verdict}<table>{facts_html}</table>"
             + "<h2>PSNR along the graph</h2>" + psnr_line_svg(pm)
             + "<h2>Module by module</h2>" + table

@@ -76,6 +76,9 @@ def register(app: typer.Typer) -> None:
             f = pm.final
             where = (f"error enters at {pm.first_over}" if pm.first_over else
                      "every tap within tolerance" + ("" if f.status != "fail" else ", final output is not"))
+            untapped = sum(r.status == "error" for r in pm.rows)
+            if untapped:
+                where += f" ({untapped} module(s) could not be tapped, see the notes)"
             err_console().print(f"{where}; final output {f.status} (cos {_num(f.cosine, 7)}, "
                                 f"{_num(f.psnr_db)} dB)", highlight=False)
             for note in pm.notes:
