@@ -44,13 +44,15 @@ class ModuleParity:
         module: the module's path in the model (``dit.transformer_blocks.2``).
         type: the module's class name.
         shape: shape of its output.
-        status: ``pass`` or ``fail`` against the precision's tolerance.
+        status: ``pass`` or ``fail`` against the precision's tolerance, or ``error`` when the backend
+            could not build or run the model with this module tapped, even alone (``reason`` says why;
+            the numbers are None).
         cosine: cosine similarity with PyTorch's output (lowest over the inputs).
         psnr_db: PSNR in dB against the reference's range (lowest over the inputs; 999 = exact).
         max_abs_error: largest absolute difference.
         rel_error: ``||artifact - pytorch|| / ||pytorch||`` (largest over the inputs).
         growth: ``rel_error`` divided by the previous row's (None for the first row or after an exact one).
-        reason: what is out of tolerance, when ``status`` is ``fail``.
+        reason: what is out of tolerance (``fail``), or the backend's message (``error``).
     """
 
     module: str
@@ -91,7 +93,8 @@ class ParityMap:
         tolerance: the floors every tap is held to (``cosine``, ``psnr_db``).
         rows: one ModuleParity per tap, in the order the modules finished in PyTorch's forward.
         final: the tapped artifact's final output(s) against PyTorch.
-        first_over: path of the first module over tolerance, or None when every tap is within it.
+        first_over: path of the first module over tolerance (status ``fail``), or None when every tap
+            that could be built is within it.
         inputs: how many inputs were compared (the example inputs and held-out ones).
         artifact: the shipped artifact this map explains, when there is one.
         shipped: the shipped artifact's recorded parity, when known.
@@ -112,7 +115,7 @@ class ParityMap:
 
     @property
     def passed(self) -> bool:
-        """True when every tap and the final output are within tolerance."""
+        """True when no tap is over tolerance and the final output is within it (``error`` rows aside)."""
         return self.first_over is None and self.final.status != "fail"
 
     @property
