@@ -28,6 +28,9 @@ _LAZY: dict[str, str] = {
     "MobilekitError": "mobilekit.errors:MobilekitError",
     "Parity": "mobilekit.parity:Parity",
     "ParityError": "mobilekit.errors:ParityError",
+    "ParityMap": "mobilekit.module_parity:ParityMap",
+    "ModuleParity": "mobilekit.module_parity:ModuleParity",
+    "parity_map": "mobilekit.module_parity:parity_map",
     "Precision": "mobilekit.recipe:Precision",
     "Recipe": "mobilekit.recipe:Recipe",
     "RuntimeCrashError": "mobilekit.errors:RuntimeCrashError",
@@ -79,6 +82,7 @@ if TYPE_CHECKING:
     from mobilekit.profiling.host import profile
     from mobilekit.profiling.report import LatencyReport
     from mobilekit.parity import Parity
+    from mobilekit.module_parity import ModuleParity, ParityMap, parity_map
     from mobilekit.recipe import AdapterPolicy, Format, Precision, Recipe
     from mobilekit.runtime import run_artifact
     from mobilekit.spec import load_spec
