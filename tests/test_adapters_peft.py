@@ -18,12 +18,7 @@ peft = pytest.importorskip("peft")
 diffusers = pytest.importorskip("diffusers")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _nonzero_b(model: torch.nn.Module, seed: int) -> torch.nn.Module:

@@ -11,12 +11,7 @@ from mobilekit.train.e2gan.lora import (LoRAConfig, apply_adapter, attach_lora, 
 from mobilekit.train.e2gan.models import E2GANConfig, build_generator, sha256_of_state
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

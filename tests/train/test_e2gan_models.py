@@ -10,12 +10,7 @@ from mobilekit.train.e2gan.models import (E2GANConfig, E2GANGenerator, PatchDisc
                                           PatchDiscriminatorConfig, build_generator)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_generator_shapes_and_range():

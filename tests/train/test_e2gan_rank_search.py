@@ -13,12 +13,7 @@ from mobilekit.train.e2gan.models import E2GANConfig, build_generator
 from mobilekit.train.e2gan.rank_search import RankSearchConfig, allocate_ranks, search_ranks, uniform_ranks
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_allocation_matches_brute_force_on_a_constructed_case():
