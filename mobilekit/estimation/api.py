@@ -1,8 +1,9 @@
 """``estimate``: latency of a model on a phone, without the phone.
 
-The model is exported once (``graph.analyze``), every op is priced by the calibrated roofline
-of the target's compute unit (``model.py`` with the efficiencies of ``calibrate.py``), and the
-total gets the leave-one-model-out band of its family (``bands.py``).
+The model is exported once (``graph.analyze``), every op is priced at the precision it runs at
+(``precision.py``) by the calibrated roofline of the target's compute unit (``model.py`` with the
+efficiencies of ``calibrate.py``), and the total gets the band of its (platform, unit, precision)
+group, claiming the coverage measured leave-one-model-out (``bands.py``).
 """
 
 from __future__ import annotations

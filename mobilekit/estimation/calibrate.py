@@ -6,6 +6,10 @@ row normalised (device, compute unit, precision) and, per architecture, the cost
 forward pass (``archs.py`` builds each architecture on the ``meta`` device and ``graph.py``
 costs it), so estimating never re-traces a calibration model.
 
+Every op of a row is priced at the precision it runs at in that row's runtime
+(``precision.plan``, the function ``estimate()`` uses too): a CPU ``int8-static`` ExecuTorch
+model keeps its norms in fp32, a QNN one does not.
+
 ``fit`` fits, per family (platform, unit, precision), the compute efficiency, memory
 efficiency and per-op overhead of ``model.py`` by least squares on log latency, shrunk toward
 the unit-wide fit (and that toward a loose prior) so a family with three rows stays sane.

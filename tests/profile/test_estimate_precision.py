@@ -248,5 +248,8 @@ def test_estimates_carry_their_groups_band_and_say_when_it_is_borrowed() -> None
     model = _Convs().eval()
     e = estimate(model, (torch.randn(1, 3, 32, 32),), target="pixel-8", precision="int8-dynamic")
     assert e.band_reason and "int8-dynamic" in e.band_reason and e.low_ms < e.ms < e.high_ms
+    from mobilekit.estimation.api import LatencyEstimate
+
+    assert LatencyEstimate.from_dict(json.loads(json.dumps(e.to_dict()))) == e
     e32 = estimate(model, (torch.randn(1, 3, 32, 32),), target="pixel-8", precision="fp32", compute_unit="cpu")
     assert e32.band_reason is None and e32.coverage == pytest.approx(fp32.coverage)
