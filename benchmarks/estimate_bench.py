@@ -8,9 +8,11 @@ Two checks:
    holds the held-out value (nested leave-one-model-out) against the share it claims.
 2. This host described as a profile (``mobilekit.estimation.host.measure_host``): estimates of
    the built-in models (and two small calibration architectures) against their .pte (XNNPACK)
-   and .onnx (ONNX Runtime) artifacts timed with a plain loop at the same thread count.
+   and .onnx (ONNX Runtime) artifacts timed with a plain loop at the same thread count, at fp32
+   and at int8-dynamic (built by ``mobilekit.export``; the ONNX estimate reads the artifact).
 
 Run:  nice -n 10 .venv/bin/python benchmarks/estimate_bench.py [--threads 1] [--iters 30]
+      [--precisions fp32,int8-dynamic] [--baseline OLD_estimate.json --baseline-label REF] [--skip-host]
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def _ape_stats(measured: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
 
 
 def calibration_section() -> dict[str, Any]:
-    from mobilekit.estimation.bands import COVERAGE, calibrate_widen, nested_coverage
+    from mobilekit.estimation.bands import COVERAGE, build_table, nested_coverage
     from mobilekit.estimation.calibrate import leave_one_model_out, load_features, rows_of
 
     doc = load_features()
@@ -58,17 +60,24 @@ def calibration_section() -> dict[str, Any]:
         by_pu[f"{r.platform}/{'cpu' if r.unit == 'cpu1' else r.unit}"].append(i)
         by_fam[r.family].append(i)
     cols = ([r.family for r in rows], [r.arch for r in rows], list(meas), list(pred))
-    widen = calibrate_widen(*cols)
+    table = build_table(*cols)
     return {
         "method": "leave-one-model-out grouped by architecture; fit = calibrated roofline per (platform, unit, "
-                  "precision) family, shrunk to the unit-wide fit",
+                  "precision) family, shrunk to the unit-wide fit; every op priced at its own precision "
+                  "(estimation/precision.py)",
         "rows": len(rows), "architectures": len({r.arch for r in rows}),
         "skipped_rows": doc.get("skipped", []),
         "overall": _ape_stats(meas, pred),
         "by_platform_unit": {k: _ape_stats(meas[v], pred[v]) for k, v in sorted(by_pu.items())},
         "by_family": {k: _ape_stats(meas[v], pred[v]) for k, v in sorted(by_fam.items())},
-        "band": {"claimed_coverage": COVERAGE, "widen": widen,
-                 "nested_loo_coverage": nested_coverage(*cols, widen=widen)},
+        "band": {"target_coverage": COVERAGE,
+                 "method": "per group (family, else platform/unit, unit, all): 10th-90th percentile of the group's "
+                           "held-out log residuals, width scaled until nested leave-one-model-out coverage reaches "
+                           "80 % (at most x2); claimed coverage = that measured coverage; groups with < 5 rows or "
+                           "< 3 models borrow a parent's band widened x1.5",
+                 "groups": {k: {kk: v for kk, v in e.items() if kk != "reason"} | {"reason": e.get("reason")}
+                            for k, e in sorted(table.items())},
+                 "nested_loo_coverage": nested_coverage(*cols, table=table)},
         "loo_seconds": secs,
     }
 
@@ -111,7 +120,19 @@ def _host_models() -> list[tuple[str, torch.nn.Module, tuple[torch.Tensor, ...]]
     return out
 
 
-def host_section(threads: int, iters: int) -> dict[str, Any]:
+def _export_recipe(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], out: Path, fmt: str,
+                   precision: str) -> Path:
+    """Build one artifact with mobilekit's own converter for ``fmt`` at ``precision`` (pixel-8's recipes)."""
+    from mobilekit import export
+
+    manifest = export(model, inputs, targets=["pixel-8"], out_dir=out, precision=precision, formats=[fmt],
+                      verify=False, use_cache=False)
+    ext = ".pte" if fmt == "executorch" else ".onnx"
+    (art,) = [a for a in manifest.artifacts if a.path.endswith(ext)]
+    return out / art.path
+
+
+def host_section(threads: int, iters: int, precisions: list[str]) -> dict[str, Any]:
     from mobilekit.estimation.api import estimate
     from mobilekit.estimation.host import measure_host
     from mobilekit.runtime.runners import ExecuTorchRunner, OnnxRuntimeRunner
@@ -122,27 +143,65 @@ def host_section(threads: int, iters: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         for name, model, inputs in _host_models():
             feeds = [t.numpy() for t in inputs]
-            for fmt, export, runner_cls in (("executorch", _export_pte, ExecuTorchRunner),
-                                            ("onnx", _export_onnx, OnnxRuntimeRunner)):
-                est = estimate(model, inputs, target=host, format=fmt, precision="fp32", compute_unit="cpu", name=name)
-                path = Path(tmp) / f"{name.replace(':', '_').replace('@', '_')}.{'pte' if fmt == 'executorch' else 'onnx'}"
-                entry: dict[str, Any] = {"model": name, "format": fmt, "estimate_ms": est.ms,
-                                         "band_ms": [est.low_ms, est.high_ms], "gflops": est.roofline["flops"] / 1e9}
-                try:
-                    export(model, inputs, path)
-                    timing = _time(runner_cls(path, threads=threads), feeds, iters)
-                    entry.update(timing)
-                    entry["ape"] = abs(est.ms - timing["median_ms"]) / timing["median_ms"]
-                    entry["inside_band"] = est.low_ms <= timing["median_ms"] <= est.high_ms
-                except Exception as exc:  # record, don't hide, an export/runtime failure
-                    entry["error"] = f"{type(exc).__name__}: {exc}"[:300]
-                results.append(entry)
-                print(json.dumps(entry), flush=True)
+            for prec in precisions:
+                for fmt, export, runner_cls in (("executorch", _export_pte, ExecuTorchRunner),
+                                                ("onnx", _export_onnx, OnnxRuntimeRunner)):
+                    stem = f"{name.replace(':', '_').replace('@', '_')}_{prec}"
+                    path = Path(tmp) / f"{stem}.{'pte' if fmt == 'executorch' else 'onnx'}"
+                    entry: dict[str, Any] = {"model": name, "format": fmt, "precision": prec}
+                    try:
+                        if prec == "fp32":
+                            export(model, inputs, path)
+                        else:
+                            path = _export_recipe(model, inputs, Path(tmp) / f"{stem}_{fmt}", fmt, prec)
+                        est = estimate(model, inputs, target=host, format=fmt, precision=prec, compute_unit="cpu",
+                                       name=name, artifact=path if fmt == "onnx" else None)
+                        entry.update({"estimate_ms": est.ms, "band_ms": [est.low_ms, est.high_ms],
+                                      "coverage": est.coverage, "gflops": est.roofline["flops"] / 1e9,
+                                      "flops_by_precision": est.roofline["flops_by_precision"],
+                                      "precision_from": est.roofline["precision_from"]})
+                        timing = _time(runner_cls(path, threads=threads), feeds, iters)
+                        entry.update(timing)
+                        entry["ape"] = abs(est.ms - timing["median_ms"]) / timing["median_ms"]
+                        entry["inside_band"] = est.low_ms <= timing["median_ms"] <= est.high_ms
+                    except Exception as exc:  # record, don't hide, an export/runtime failure
+                        entry["error"] = f"{type(exc).__name__}: {exc}"[:300]
+                    results.append(entry)
+                    print(json.dumps(entry), flush=True)
     ok = [r for r in results if "ape" in r]
+    by_prec = {p: [r for r in ok if r["precision"] == p] for p in precisions}
     return {"host": host.to_dict(), "threads": threads, "iters": iters, "results": results,
             "mdape": statistics.median(r["ape"] for r in ok) if ok else None,
             "within_25pct": sum(r["ape"] <= 0.25 for r in ok) / len(ok) if ok else None,
-            "inside_band": sum(bool(r["inside_band"]) for r in ok) / len(ok) if ok else None}
+            "inside_band": sum(bool(r["inside_band"]) for r in ok) / len(ok) if ok else None,
+            "int8_dynamic_vs_fp32": int8_vs_fp32(results),
+            "by_precision": {p: {"n": len(v), "mdape": statistics.median(r["ape"] for r in v) if v else None,
+                                 "inside_band": sum(bool(r["inside_band"]) for r in v) / len(v) if v else None}
+                             for p, v in by_prec.items()}}
+
+
+def int8_vs_fp32(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per model and format: int8-dynamic / fp32 latency, measured and estimated."""
+    ok = {(r["model"], r["format"], r["precision"]): r for r in results if "ape" in r}
+    out = {}
+    for (model, fmt, prec), r in sorted(ok.items()):
+        base = ok.get((model, fmt, "fp32"))
+        if prec == "int8-dynamic" and base:
+            out[f"{model}/{fmt}"] = {"measured": r["median_ms"] / base["median_ms"],
+                                     "estimated": r["estimate_ms"] / base["estimate_ms"]}
+    return out
+
+
+def _summary(cal: dict[str, Any]) -> dict[str, Any]:
+    """The accuracy numbers of a calibration section, for a before/after comparison."""
+    band = cal.get("band", {})
+    nested = band.get("nested_loo_coverage", {})
+    fams = nested.get("by_family", {})
+    claimed = {k: (v["claimed"] if isinstance(v, dict) else band.get("claimed_coverage", 0.8)) for k, v in fams.items()}
+    measured = {k: (v["measured"] if isinstance(v, dict) else v) for k, v in fams.items()}
+    return {"overall": cal.get("overall"), "by_platform_unit": cal.get("by_platform_unit"),
+            "by_family": cal.get("by_family"), "band_claimed_by_family": claimed,
+            "band_measured_by_family": measured, "band_measured_overall": nested.get("measured")}
 
 
 def main() -> None:
@@ -150,6 +209,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--skip-host", action="store_true")
+    ap.add_argument("--precisions", default="fp32,int8-dynamic",
+                    help="host-section precisions (int8 ones are built with mobilekit.export)")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="an earlier estimate.json whose calibration numbers are recorded as 'before'")
+    ap.add_argument("--baseline-label", default="", help="where the baseline came from (e.g. a git ref)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "estimate.json")
     args = ap.parse_args()
     doc: dict[str, Any] = {
@@ -159,8 +223,13 @@ def main() -> None:
         "calibration_loo": calibration_section(),
     }
     print(json.dumps(doc["calibration_loo"]["overall"]), json.dumps(doc["calibration_loo"]["band"]["nested_loo_coverage"]["measured"]))
+    if args.baseline is not None:
+        base = json.loads(args.baseline.read_text())
+        doc["before"] = {"label": args.baseline_label, "date_utc": base.get("date_utc"), "command": base.get("command"),
+                         **_summary(base["calibration_loo"])}
+        doc["after"] = _summary(doc["calibration_loo"])
     if not args.skip_host:
-        doc["host"] = host_section(args.threads, args.iters)
+        doc["host"] = host_section(args.threads, args.iters, [p for p in args.precisions.split(",") if p])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, doc)
     print(f"wrote {args.out}")

@@ -90,12 +90,14 @@ def _measure(artifact: Artifact, manifest: Manifest, entry: ModelEntry, config: 
 
 
 def _estimate(artifact: Artifact, target: str, loaded: Any, entry: ModelEntry,
-              cache_root: Path) -> tuple[PhoneEstimate | None, str | None]:
+              cache_root: Path, out_dir: Path | None = None) -> tuple[PhoneEstimate | None, str | None]:
     """Per-target estimate of one artifact's model and recipe (cached by the export's key), or why not."""
     from mobilekit import __version__
     from mobilekit.estimation.api import LatencyEstimate
 
-    key = hashlib.sha256(f"{artifact.cache_key}|{target}|{__version__}".encode()).hexdigest()
+    from mobilekit.estimation.api import ESTIMATOR_REVISION
+
+    key = hashlib.sha256(f"{artifact.cache_key}|{target}|{__version__}|est{ESTIMATOR_REVISION}".encode()).hexdigest()
     cached_path = _json_cache(cache_root, "estimates", key)
     hit = _cached_json(cached_path, LatencyEstimate.from_dict)
     if hit is not None:
@@ -105,7 +107,8 @@ def _estimate(artifact: Artifact, target: str, loaded: Any, entry: ModelEntry,
     model = loaded()
     try:
         est = estimate(model.model, model.example_inputs, target=target, format=artifact.format,
-                       precision=artifact.precision)
+                       precision=artifact.precision, delegate=getattr(artifact.recipe, "delegate", None),
+                       artifact=(out_dir / artifact.path) if out_dir is not None else None)
     except ConfigError as exc:  # e.g. the profile lacks the peak this unit and precision need
         logger.warning("no estimate of %s on %s: %s", artifact.path, target, exc)
         return None, f"no estimate for {target}: {exc.message}"
@@ -268,7 +271,7 @@ def build(config: BuildConfig | str | Path, *, on_progress: ProgressFn | None = 
             by_target: dict[str, LatencyEstimate] = {}
             if config.estimate:
                 for t in a.targets:
-                    e, why = _estimate(a, t, loaded, entry, cache_root)
+                    e, why = _estimate(a, t, loaded, entry, cache_root, Path(out))
                     if e is not None:
                         by_target[t] = e.estimate
                         estimates.append(e)

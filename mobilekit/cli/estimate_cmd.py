@@ -34,7 +34,8 @@ def _load(spec: str, inputs: list[str] | None) -> tuple[str, Any, tuple[Any, ...
 
 def _row(e: Any) -> list[str]:
     bound = max(e.per_layer, key=lambda r: r["ms"])["name"] if e.per_layer else "-"
-    return [e.target, e.compute_unit, e.precision, f"{e.ms:.2f}", f"{e.low_ms:.2f} – {e.high_ms:.2f}",
+    cov = f"{e.coverage:.0%}" + ("*" if getattr(e, "band_reason", None) else "")
+    return [e.target, e.compute_unit, e.precision, f"{e.ms:.2f}", f"{e.low_ms:.2f} – {e.high_ms:.2f}", cov,
             f"{e.roofline.get('achieved_gops', 0.0):.1f}", bound]
 
 
@@ -68,15 +69,20 @@ def estimate(
     if format is _Format.json:
         print_json([r.to_dict() for r in results] if all_targets else results[0].to_dict())
         return
-    cov = f"{results[0].coverage:.0%}" if results else "-"
-    print_table(f"Estimated latency of {name} (band claims {cov} coverage)",
-                ["target", "unit", "precision", "ms", "band ms", "GOP/s", "slowest op"], [_row(e) for e in results])
+    print_table(f"Estimated latency of {name} (coverage: share of held-out calibration latencies inside "
+                "the band, leave-one-model-out)",
+                ["target", "unit", "precision", "ms", "band ms", "coverage", "GOP/s", "slowest op"],
+                [_row(e) for e in results])
+    reasons = sorted({e.band_reason for e in results if e.band_reason})
+    for why in reasons:
+        err_console().print(f"* {why}", style="yellow")
     if len(results) == 1 and results[0].per_layer:
         e = results[0]
         ops = sorted(e.per_layer, key=lambda r: r["ms"], reverse=True)[:top]
-        print_table(f"Slowest ops on {e.target} {e.compute_unit}", ["op", "aten op", "MFLOP", "KiB", "ms", "bound", "unit"],
+        print_table(f"Slowest ops on {e.target} {e.compute_unit}",
+                    ["op", "aten op", "MFLOP", "KiB", "ms", "bound", "unit", "precision"],
                     [[r["name"], r["op"], f"{r['flops'] / 1e6:.2f}", f"{r['bytes'] / 1024:.1f}", f"{r['ms']:.3f}",
-                      r["bound"], r["unit"]] for r in ops])
+                      r["bound"], r["unit"], r.get("precision", e.precision)] for r in ops])
     err_console().print("estimates come from published latencies of other models; measure with "
                         "`mobilekit profile` before relying on them", style="dim")
 

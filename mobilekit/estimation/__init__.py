@@ -2,7 +2,9 @@
 
 Modules, one job each: ``graph`` (FLOPs and bytes per ATen op), ``devices`` (peak throughput
 and bandwidth per phone), ``model`` (the roofline), ``calibrate`` (fitting it on the published
-calibration latencies), ``bands`` (uncertainty from leave-one-model-out residuals), ``api``
+calibration latencies), ``precision`` (which precision each op of a recipe's artifact runs at;
+the fit and ``estimate`` both price ops through it), ``bands`` (per-group uncertainty whose
+claimed coverage is the one measured leave-one-model-out), ``api``
 (``estimate``, ``estimate_all``, ``LatencyEstimate``), ``host`` (this machine as a profile),
 ``archs`` (the calibration architectures; used only to rebuild the shipped features).
 

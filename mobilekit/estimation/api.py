@@ -1,17 +1,22 @@
 """``estimate``: latency of a model on a phone, without the phone.
 
-The model is exported once (``graph.analyze``), every op is priced by the calibrated roofline
-of the target's compute unit (``model.py`` with the efficiencies of ``calibrate.py``), and the
-total gets the leave-one-model-out band of its family (``bands.py``).
+The model is exported once (``graph.analyze``), every op is priced at the precision it runs at
+(``precision.py``) by the calibrated roofline of the target's compute unit (``model.py`` with the
+efficiencies of ``calibrate.py``), and the total gets the band of its (platform, unit, precision)
+group, claiming the coverage measured leave-one-model-out (``bands.py``).
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from mobilekit.errors import ConfigError, MobilekitWarning
 from mobilekit.recipe import Recipe
@@ -19,10 +24,14 @@ from mobilekit.estimation.bands import band_for
 from mobilekit.estimation.devices import DeviceSpec, peak_key, spec_for
 from mobilekit.estimation.graph import PRECISION_BYTES, GraphCost, analyze
 from mobilekit.estimation.model import OpArrays, family_key, intensity, predict_ms
+from mobilekit.estimation.precision import artifact_overrides, float_precision, needed_keys, plan
 
 logger = logging.getLogger(__name__)
 
 UNITS = ("cpu", "gpu", "npu")
+# bumped when estimates of the same model and recipe change (cached estimates are keyed by it):
+# 2 = per-op precision, per-group leave-one-model-out bands
+ESTIMATOR_REVISION = 2
 # delegate named in a recipe -> compute unit it runs on
 # export format -> runtime format of the calibration set (whose factor applies)
 _FORMAT_OF = {"executorch": "executorch", "coreml": "coreml", "tflite": "tflite", "onnx": "onnx", "qnn": "qnn"}
@@ -43,11 +52,15 @@ class LatencyEstimate:
         ms: estimated latency of one forward pass (ms).
         low_ms: low end of the band (ms).
         high_ms: high end of the band (ms).
-        coverage: share of true latencies the band claims to hold (0-1).
-        per_layer: one dict per costed op: name, op, flops, bytes, ms, bound (``compute``/``memory``), unit.
+        coverage: share of true latencies the band holds, as measured leave-one-model-out on the
+            calibration rows of its group (0-1); see ``band_reason`` when the group had too few.
+        per_layer: one dict per costed op: name, op, flops, bytes, ms, bound (``compute``/``memory``), unit,
+            precision (what the op runs at: an int8-dynamic recipe leaves convolutions fp32).
         roofline: peak_gops, bandwidth_gbps, intensity (FLOP/byte), achieved_gops, ridge (FLOP/byte),
-            efficiencies, and where each spec number came from.
+            efficiencies, per-op precision counts, and where each spec number came from.
         source: always ``estimate`` (a LatencyReport's ``host``/``device`` counterpart).
+        band_reason: why the band is wider than its group's own or its coverage unmeasured
+            (too few or no calibration latencies); None when it comes from enough data.
     """
 
     target: str
@@ -62,6 +75,7 @@ class LatencyEstimate:
     per_layer: list[dict[str, Any]] = field(default_factory=list)
     roofline: dict[str, Any] = field(default_factory=dict)
     source: str = "estimate"
+    band_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
@@ -82,7 +96,7 @@ class LatencyEstimate:
                    precision=str(d["precision"]), compute_unit=str(d["compute_unit"]), ms=float(d["ms"]),
                    low_ms=float(d["low_ms"]), high_ms=float(d["high_ms"]), coverage=float(d["coverage"]),
                    per_layer=list(d.get("per_layer", [])), roofline=dict(d.get("roofline", {})),
-                   source=str(d.get("source", "estimate")))
+                   source=str(d.get("source", "estimate")), band_reason=d.get("band_reason"))
 
 
 def _default_recipe(target: Any) -> tuple[str | None, str | None, str | None]:
@@ -113,8 +127,13 @@ def _resolve_target(target: Any) -> tuple[str, Any]:
 
 def estimate(model: Any, example_inputs: Sequence[Any], *, target: Any, format: str | None = None,
              precision: str | None = None, compute_unit: str | None = None, name: str | None = None,
-             cost: GraphCost | None = None) -> LatencyEstimate:
+             cost: GraphCost | None = None, delegate: str | None = None,
+             artifact: str | Path | None = None) -> LatencyEstimate:
     """Estimate the latency of ``model`` on ``target`` from its graph and the calibrated roofline.
+
+    Every op is priced at the precision it runs at in the artifact the recipe builds
+    (``precision.py``): ``int8-dynamic`` quantizes Linear/MatMul only, so convolutions are priced
+    at fp32; when ``artifact`` is an exported ``.onnx``, what it actually quantized is read from it.
 
     Args:
         model: a ``torch.nn.Module`` (exportable with ``torch.export``).
@@ -126,6 +145,8 @@ def estimate(model: Any, example_inputs: Sequence[Any], *, target: Any, format: 
         compute_unit: ``cpu``, ``gpu`` or ``npu``; default: where the format/delegate runs.
         name: model name for the result (default: the class name).
         cost: an already computed ``graph.analyze`` result (skips the export).
+        delegate: the recipe's delegate (``xnnpack``, ``coreml``, ...), to pick the compute unit.
+        artifact: path of the exported file; an ``.onnx`` is read for its per-op precision.
 
     Returns:
         The estimate, with a band and per-op breakdown.
@@ -139,26 +160,31 @@ def estimate(model: Any, example_inputs: Sequence[Any], *, target: Any, format: 
         >>> print(f"{est.ms:.1f} ms [{est.low_ms:.1f}, {est.high_ms:.1f}]")
     """
     tname, t = _resolve_target(target)
-    fmt_d, delegate, prec_d = _default_recipe(t)
+    fmt_d, delegate_d, prec_d = _default_recipe(t)
     fmt = format or fmt_d
     prec = precision or prec_d or "fp32"
     if prec not in PRECISION_BYTES:
         raise ConfigError(f"unknown precision {prec!r}", where="precision",
                           fix=f"use one of {', '.join(sorted(PRECISION_BYTES))}")
-    unit = compute_unit or _pick_unit(t, fmt, delegate if fmt == fmt_d else None, prec)
+    unit = compute_unit or _pick_unit(t, fmt, delegate or (delegate_d if fmt == fmt_d else None), prec)
     if unit not in UNITS:
         raise ConfigError(f"unknown compute unit {unit!r}", where="compute_unit", fix=f"use one of {', '.join(UNITS)}")
     if unit == "npu" and prec == "fp32":
         warnings.warn("NPUs do not run fp32; estimating the NPU at fp16", MobilekitWarning, stacklevel=2)
         prec = "fp16"
     c = cost if cost is not None else analyze(model, example_inputs)
-    return _from_cost(c, t, tname, name or type(model).__name__, fmt, prec, unit)
+    return _from_cost(c, t, tname, name or type(model).__name__, fmt, prec, unit, artifact)
 
 
 def _from_cost(cost: GraphCost, t: Any, tname: str, model_name: str, fmt: str | None, prec: str,
-               unit: str) -> LatencyEstimate:
+               unit: str, artifact: str | Path | None = None) -> LatencyEstimate:
     from mobilekit.estimation.calibrate import fitted_params, params_for
 
+    ops = OpArrays.from_rows([o.to_row() for o in cost.ops])
+    overrides, art_counts = artifact_overrides(artifact, fmt, float_precision(prec, unit))
+    main_key = f"{unit}.{peak_key(prec, unit)}"
+    keys = tuple(dict.fromkeys((main_key, *needed_keys(ops, fmt=fmt, unit=unit, precision=prec,
+                                                        overrides=overrides), "cpu.fp32")))
     if hasattr(t, "device_spec"):
         spec, platform = t.device_spec(), t.platform
     else:
@@ -167,12 +193,16 @@ def _from_cost(cost: GraphCost, t: Any, tname: str, model_name: str, fmt: str | 
             raise ConfigError(f"target {tname} has no {unit} compute unit", where="compute_unit",
                               fix=f"use one of {', '.join(sorted(kinds))}")
         platform = t.platform
-        spec = spec_for(t, (f"{unit}.{peak_key(prec, unit)}", "cpu.fp32"))
-    key = f"{unit}.{peak_key(prec, unit)}"
-    peak = spec.peaks.get(key)
-    if peak is None or spec.bandwidth_gbps is None:
+        spec = spec_for(t, keys)
+    try:
+        op_plan = plan(ops, fmt=fmt, unit=unit, precision=prec, peaks=spec.peaks, overrides=overrides)
+    except KeyError as exc:
+        op_plan, missing = None, str(exc.args[0])
+    if op_plan is None or spec.bandwidth_gbps is None:
+        key = missing if op_plan is None else main_key
         raise ConfigError(f"no peak throughput known for {key} on {tname}", where=f"profiles/{tname}.toml",
                           fix="add peak_gops for this unit and precision to the profile, or pick another unit")
+    peak = spec.peaks.get(main_key) or float(op_plan.peak.max(initial=0.0))
     cal = fitted_params()
     params = params_for(cal, platform, unit, prec)
     if getattr(t, "measured", False):
@@ -180,28 +210,40 @@ def _from_cost(cost: GraphCost, t: Any, tname: str, model_name: str, fmt: str | 
         params = replace(params, eff_compute=1.0, eff_memory=1.0)
     cpu_params = params_for(cal, platform, "cpu", "fp32")
     factor = cal.format_factor.get(_FORMAT_OF.get(fmt or "", fmt or ""), 1.0)
-    ops = OpArrays.from_rows([o.to_row() for o in cost.ops])
-    total, per_op, bound, taken = predict_ms(ops, unit=unit, precision=prec, peak_gops=peak,
+    total, per_op, bound, taken = predict_ms(ops, unit=unit, precision=prec, peak_gops=op_plan.peak,
                                              bandwidth_gbps=spec.bandwidth_gbps, params=params,
-                                             cpu_peak_gops=spec.peaks.get("cpu.fp32"), cpu_params=cpu_params)
+                                             cpu_peak_gops=spec.peaks.get("cpu.fp32"), cpu_params=cpu_params,
+                                             op_bytes=op_plan.byts)
     total, per_op = total * factor, per_op * factor
     band = band_for(platform, unit, prec)
-    byts = ops.bytes_at(prec)
+    # ops handed to the CPU run there at fp32
+    byts = np.where(taken, op_plan.byts, ops.bytes_at("fp32"))
+    op_prec = np.where(taken, op_plan.precision, "fp32")
     per_layer = [{"name": o.name, "op": o.op, "flops": o.flops, "bytes": float(b), "ms": float(ms),
-                  "bound": "compute" if bd else "memory", "unit": unit if tk else "cpu"}
-                 for o, b, ms, bd, tk in zip(cost.ops, byts, per_op, bound, taken)]
+                  "bound": "compute" if bd else "memory", "unit": unit if tk else "cpu", "precision": str(p)}
+                 for o, b, ms, bd, tk, p in zip(cost.ops, byts, per_op, bound, taken, op_prec)]
     flops = cost.flops
     total_bytes = float(byts.sum())
+    counts = Counter(str(p) for p, free in zip(op_prec, ops.int_only) if not free)
+    flops_by = Counter()
+    for p, f in zip(op_prec, ops.flops):
+        flops_by[str(p)] += float(f)
     roofline = {"peak_gops": peak, "bandwidth_gbps": spec.bandwidth_gbps, "intensity": intensity(flops, total_bytes),
                 "achieved_gops": flops / (total * 1e6) if total > 0 else 0.0, "ridge": peak / spec.bandwidth_gbps,
                 "flops": flops, "bytes": total_bytes, "family": family_key(platform, unit, prec),
                 "params": params.to_dict(), "format_factor": factor, "fixed_ms": params.fixed_ms * factor,
                 "band_from": band.key, "band_n": band.n,
-                "spec_sources": {"peak": spec.sources.get(key, "profile"), "bandwidth": spec.sources.get("bw", "profile")},
+                "op_precisions": dict(sorted(counts.items())),
+                "flops_by_precision": dict(sorted(flops_by.items())),
+                "precision_from": "artifact" if art_counts is not None else "recipe",
+                **({"artifact_precisions": art_counts} if art_counts is not None else {}),
+                "peaks_used": {k: spec.peaks[k] for k in sorted(set(op_plan.keys.tolist()))},
+                "spec_sources": {"peak": spec.sources.get(main_key, "profile"), "bandwidth": spec.sources.get("bw", "profile")},
                 "ops_on_cpu": int((~taken).sum())}
     return LatencyEstimate(target=tname, model=model_name, format=fmt, precision=prec, compute_unit=unit,
                            ms=total, low_ms=total * band.low_factor, high_ms=total * band.high_factor,
-                           coverage=band.coverage, per_layer=per_layer, roofline=roofline)
+                           coverage=band.coverage, per_layer=per_layer, roofline=roofline,
+                           band_reason=band.reason)
 
 
 def estimate_all(model: Any, example_inputs: Sequence[Any], *, precision: str | None = None,

@@ -1,16 +1,30 @@
-"""Uncertainty bands from the leave-one-model-out residuals of the calibration set.
+"""Uncertainty bands whose claimed coverage is the coverage measured leave-one-model-out.
 
-A band is ``[ms · exp(q_lo), ms · exp(q_hi)]`` where ``q_lo``/``q_hi`` are the 10th and 90th
-percentiles of the log-ratio residuals ``log(measured / predicted)`` of predictions made by
-fits that never saw the model. Percentiles are taken per family (platform, unit, precision)
-when the family has at least ``MIN_RESIDUALS`` of them, else per compute unit, else over
-everything. Each architecture weighs the same in a percentile (rows of one model are
-correlated; a family fitted on three models must not look tight because it has 27 rows).
+Every calibration row has a leave-one-model-out prediction (a fit that never saw its
+architecture, ``calibrate.leave_one_model_out``) and so a log residual ``log(measured / predicted)``.
+Bands are built per *group*, from the residuals of that group only, at four levels:
 
-Residuals of one model move together, so percentiles of the pooled residuals under-cover a
-new model. The band's log-width is therefore scaled by ``widen`` (stored with the residuals),
-the smallest factor for which ``nested_coverage`` (is a held-out model's true latency inside
-a band built without it?) reaches the claimed ``COVERAGE`` (80 %).
+1. family ``<platform>/<unit>/<precision>`` (``ios/cpu/fp32``),
+2. ``<platform>/<unit>/*``,
+3. ``*/<unit>/*``,
+4. ``*`` (everything).
+
+A group with at least ``MIN_ROWS`` residuals from at least ``MIN_ARCHS`` architectures is
+*measured*: its band is ``[ms · exp(k · min(q10, 0)), ms · exp(k · max(q90, 0))]`` over its own
+residuals, with the smallest width scale ``k`` (1 to ``MAX_WIDEN``) for which the group's
+*nested* coverage reaches ``COVERAGE``: each architecture's rows are checked against the band
+built from the group's other architectures only. The band claims exactly that nested
+coverage (which can be below 80 % when even ``MAX_WIDEN`` does not get there).
+
+A group with fewer residuals is *sparse*: it borrows the band of the nearest measured parent,
+widens its log-width by ``SPARSE_WIDEN``, stretches it over the group's own held-out rows,
+claims the lower of the parent's measured coverage and the share of the group's rows that the
+borrowed band held before stretching, and says so in ``reason``. A family with no calibration
+rows at all (every ``int8-dynamic`` one, for instance) gets the same borrowed, widened band at
+estimate time, claiming the parent's coverage, with its reason.
+
+The table is computed by ``build_table`` when ``calibrate.build_loo`` runs and stored in
+``calibration_loo.json`` (``"bands"``); ``band_for`` only reads it.
 """
 
 from __future__ import annotations
@@ -25,11 +39,16 @@ from typing import Any
 import numpy as np
 
 from mobilekit.estimation.model import family_key
+from mobilekit.estimation.precision import float_precision
 
 LOO_PATH = Path(__file__).with_name("calibration_loo.json")
 LOW_Q, HIGH_Q = 10.0, 90.0
 COVERAGE = (HIGH_Q - LOW_Q) / 100.0
-MIN_RESIDUALS = 30
+MIN_ROWS = 5          # residuals a group needs for a band of its own
+MIN_ARCHS = 3         # ... from at least this many architectures (nested coverage needs >= 2 left)
+MAX_WIDEN = 2.0       # widest log-width scale tried for a measured group (wider bands say nothing)
+SPARSE_WIDEN = 1.5    # log-width scale of a band borrowed from a parent group
+_STEP = 0.05
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,9 +58,12 @@ class Band:
     Attributes:
         low_factor: multiply the estimate by this for the low end.
         high_factor: multiply the estimate by this for the high end.
-        coverage: share of true values the band claims to hold (0-1).
-        n: residuals the band was computed from.
-        key: family (or broader group) the residuals came from.
+        coverage: share of held-out calibration latencies of the group (``key``) inside its band,
+            measured leave-one-model-out (0-1).
+        n: residuals of the group the band was built from.
+        key: the group (family or broader) whose residuals made the band.
+        measured: True when the coverage was measured on this family's own residuals.
+        reason: why not (too few or no residuals), None when measured.
     """
 
     low_factor: float
@@ -49,92 +71,178 @@ class Band:
     coverage: float
     n: int
     key: str
+    measured: bool = True
+    reason: str | None = None
 
 
-def _unit(family: str) -> str:
-    return family.split("/")[1]
+def group_keys(family: str) -> list[str]:
+    """The groups a family belongs to, narrowest first."""
+    platform, unit, _ = family.split("/")
+    return [family, f"{platform}/{unit}/*", f"*/{unit}/*", "*"]
 
 
-def _weighted_percentiles(vals: list[tuple[str, float]], qs: tuple[float, float]) -> tuple[float, float]:
-    counts: dict[str, int] = {}
-    for g, _ in vals:
-        counts[g] = counts.get(g, 0) + 1
-    order = sorted(vals, key=lambda v: v[1])
-    w = np.array([1.0 / counts[g] for g, _ in order])
-    cdf = (np.cumsum(w) - 0.5 * w) / w.sum()
-    x = np.array([v for _, v in order])
-    return float(np.interp(qs[0] / 100.0, cdf, x)), float(np.interp(qs[1] / 100.0, cdf, x))
+def _in_group(key: str, family: str) -> bool:
+    kp, ku, kq = key.split("/") if key != "*" else ("*", "*", "*")
+    fp, fu, fq = family.split("/")
+    return all(k in ("*", f) for k, f in ((kp, fp), (ku, fu), (kq, fq)))
 
 
-def band_from(residuals: Sequence[tuple[str, str, float]], family: str, widen: float = 1.0) -> Band:
-    """Band for ``family`` from ``(family, architecture, log residual)`` triples.
-
-    Backs off to the compute unit, then to all residuals, when the family has fewer than
-    ``MIN_RESIDUALS``; each architecture weighs the same; the log-width is scaled by ``widen``.
-    """
-    groups = [(family, [(g, r) for f, g, r in residuals if f == family]),
-              (f"*/{_unit(family)}/*", [(g, r) for f, g, r in residuals if _unit(f) == _unit(family)]),
-              ("*", [(g, r) for _, g, r in residuals])]
-    for key, vals in groups:
-        if len(vals) >= MIN_RESIDUALS or key == "*":
-            if not vals:
-                return Band(low_factor=0.5, high_factor=2.0, coverage=COVERAGE, n=0, key="default")
-            lo, hi = _weighted_percentiles(vals, (LOW_Q, HIGH_Q))
-            return Band(low_factor=float(np.exp(widen * min(lo, 0.0))), high_factor=float(np.exp(widen * max(hi, 0.0))),
-                        coverage=COVERAGE, n=len(vals), key=key)
-    raise AssertionError("unreachable")
+def _edges(res: np.ndarray, widen: float) -> tuple[float, float]:
+    """Log edges of the band over residuals ``res`` at width scale ``widen`` (always holding 0)."""
+    lo, hi = np.percentile(res, [LOW_Q, HIGH_Q])
+    return widen * min(float(lo), 0.0), widen * max(float(hi), 0.0)
 
 
-def nested_coverage(families: Sequence[str], groups: Sequence[str], measured: Sequence[float],
-                    predicted: Sequence[float], widen: float = 1.0) -> dict[str, Any]:
-    """Share of rows inside a band computed from every *other* group's residuals.
+def nested_inside(res: np.ndarray, archs: Sequence[str], widen: float) -> np.ndarray:
+    """Per residual: inside the band built from the *other* architectures' residuals of the group."""
+    archs_a = np.asarray(archs)
+    inside = np.zeros(len(res), dtype=bool)
+    for a in sorted(set(archs_a.tolist())):
+        held = archs_a == a
+        if (~held).sum() == 0:
+            continue
+        lo, hi = _edges(res[~held], widen)
+        inside[held] = (res[held] >= lo) & (res[held] <= hi)
+    return inside
+
+
+def measured_group(res: np.ndarray, archs: Sequence[str]) -> dict[str, Any]:
+    """Band entry of a group with enough residuals: the smallest width scale whose nested coverage
+    reaches ``COVERAGE`` (or ``MAX_WIDEN``), and the coverage it measures."""
+    k = 1.0
+    while True:
+        cov = float(np.mean(nested_inside(res, archs, k)))
+        if cov >= COVERAGE or k >= MAX_WIDEN - 1e-9:
+            break
+        k = round(k + _STEP, 2)
+    lo, hi = _edges(res, k)
+    return {"log_low": lo, "log_high": hi, "coverage": cov, "widen": k, "n": int(len(res)),
+            "archs": len(set(archs)), "measured": True,
+            "in_sample_coverage": float(np.mean((res >= lo) & (res <= hi))), "reason": None}
+
+
+def _borrowed(parent_key: str, parent: dict[str, Any], why: str, res: np.ndarray | None = None) -> dict[str, Any]:
+    lo, hi = SPARSE_WIDEN * parent["log_low"], SPARSE_WIDEN * parent["log_high"]
+    note, inside = "", None
+    if res is not None and len(res):
+        inside = int(np.sum((res >= lo) & (res <= hi)))
+        note = f"; {inside} of its {len(res)} held-out rows fell inside, the band is stretched over all of them"
+        lo, hi = min(lo, float(res.min())), max(hi, float(res.max()))
+    cov = parent["coverage"]
+    head = f"{why}: band of {parent_key} (n={parent['n']}) widened x{SPARSE_WIDEN:g}{note}; "
+    if inside is not None:  # what the group's own held-out rows say caps the claim
+        cov = min(cov, inside / len(res))
+        reason = head + (f"coverage {cov:.0%} = the lower of {parent_key}'s measured {parent['coverage']:.0%} and "
+                         f"the share of this group's rows inside the borrowed band (too few rows to measure it)")
+    else:
+        reason = head + f"coverage {cov:.0%} is {parent_key}'s, not measured on this group"
+    return {"log_low": lo, "log_high": hi, "coverage": cov, "widen": None,
+            "n": int(0 if res is None else len(res)), "archs": None, "measured": False, "from": parent_key,
+            "inside_before_stretch": inside, "reason": reason}
+
+
+def build_table(families: Sequence[str], archs: Sequence[str], measured: Sequence[float],
+                predicted: Sequence[float]) -> dict[str, dict[str, Any]]:
+    """The band of every group with calibration rows, from held-out predictions.
 
     Args:
         families: family key per row.
-        groups: model (architecture) per row: the unit left out.
+        archs: architecture per row (the unit left out).
         measured: true latency per row (ms).
         predicted: leave-one-model-out prediction per row (ms).
-        widen: log-width scale of the bands.
 
     Returns:
-        ``{"claimed", "measured", "n", "by_family": {family: measured share}}``.
+        ``{group key: entry}``, entries with ``log_low``, ``log_high``, ``coverage``, ``n``,
+        ``measured`` and ``reason``.
     """
-    res = [(f, g, float(np.log(m / p))) for f, g, m, p in zip(families, groups, measured, predicted)]
+    res = np.log(np.asarray(measured, dtype=float) / np.asarray(predicted, dtype=float))
+    fams = np.asarray(families)
+    arch_a = np.asarray(archs)
+    keys: set[str] = set()
+    for f in set(fams.tolist()):
+        keys.update(group_keys(f))
+    # broadest first, so a sparse group can borrow from its measured parent
+    order = sorted(keys, key=lambda k: (-k.count("*"), k))
+    table: dict[str, dict[str, Any]] = {}
+    for key in order:
+        idx = np.array([_in_group(key, f) for f in fams.tolist()])
+        r, a = res[idx], arch_a[idx].tolist()
+        if len(r) >= MIN_ROWS and len(set(a)) >= MIN_ARCHS:
+            table[key] = measured_group(r, a)
+            continue
+        parent = next((p for p in group_keys(_family_like(key))[1:]
+                       if p != key and table.get(p, {}).get("measured")), None)
+        why = f"only {len(r)} calibration latencies from {len(set(a))} model(s) in {key}"
+        table[key] = _borrowed(parent, table[parent], why, r) if parent else {
+            "log_low": float(np.log(0.5)), "log_high": float(np.log(2.0)), "coverage": float("nan"), "n": len(r),
+            "measured": False, "reason": why + "; no broader group either: a default 0.5x-2x band"}
+    return table
+
+
+def _family_like(key: str) -> str:
+    """A family-shaped key (three parts) for ``group_keys``: ``*/gpu/*`` -> ``*/gpu/*``, ``*`` -> ``*/*/*``."""
+    return "*/*/*" if key == "*" else key
+
+
+def nested_coverage(families: Sequence[str], archs: Sequence[str], measured: Sequence[float],
+                    predicted: Sequence[float], table: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Claimed and measured (nested leave-one-model-out) coverage per family and overall.
+
+    A row of a measured family is inside when the band built from the family's *other*
+    architectures (at the family's width scale) holds it; a row of a sparse family, when its
+    borrowed band holds it.
+    """
+    table = table if table is not None else build_table(families, archs, measured, predicted)
+    res = np.log(np.asarray(measured, dtype=float) / np.asarray(predicted, dtype=float))
+    fams = np.asarray(families)
+    arch_a = np.asarray(archs)
     inside = np.zeros(len(res), dtype=bool)
-    for g in sorted(set(groups)):
-        others = [r for r in res if r[1] != g]
-        for i in (i for i, gg in enumerate(groups) if gg == g):
-            b = band_from(others, families[i], widen)
-            inside[i] = b.low_factor * predicted[i] <= measured[i] <= b.high_factor * predicted[i]
-    by_fam: dict[str, float] = {}
-    for fam in sorted(set(families)):
-        idx = [i for i, f in enumerate(families) if f == fam]
-        by_fam[fam] = float(np.mean(inside[idx]))
-    return {"claimed": COVERAGE, "measured": float(np.mean(inside)) if len(inside) else float("nan"),
-            "n": len(inside), "widen": widen, "by_family": by_fam}
-
-
-def calibrate_widen(families: Sequence[str], groups: Sequence[str], measured: Sequence[float],
-                    predicted: Sequence[float]) -> float:
-    """The smallest log-width scale (steps of 0.05, at most 4) whose nested coverage reaches ``COVERAGE``."""
-    for k in np.arange(1.0, 4.0001, 0.05):
-        if nested_coverage(families, groups, measured, predicted, float(k))["measured"] >= COVERAGE:
-            return float(round(k, 2))
-    return 4.0
+    by_fam: dict[str, dict[str, Any]] = {}
+    for fam in sorted(set(fams.tolist())):
+        idx = fams == fam
+        e = table[fam]
+        if e["measured"]:
+            inside[idx] = nested_inside(res[idx], arch_a[idx].tolist(), e["widen"])
+        else:  # the band was stretched over these rows: they cannot test it; count them against the
+            # borrowed band before stretching instead
+            n_in = e.get("inside_before_stretch") or 0
+            inside[np.flatnonzero(idx)[:n_in]] = True
+        by_fam[fam] = {"claimed": e["coverage"], "measured": float(np.mean(inside[idx])), "n": int(idx.sum()),
+                       "band_measured": bool(e["measured"]), "band_from": e.get("from", fam)}
+    claimed = [table[f]["coverage"] for f in fams.tolist()]
+    return {"claimed_mean": float(np.nanmean(claimed)) if claimed else float("nan"),
+            "measured": float(np.mean(inside)) if len(inside) else float("nan"), "n": int(len(inside)),
+            "by_family": by_fam}
 
 
 @functools.cache
-def shipped_residuals() -> tuple[tuple[tuple[str, str, float], ...], float]:
-    """``(family, architecture, log residual)`` of every calibration row and the band widening,
-    from the shipped leave-one-out file."""
+def shipped_table() -> dict[str, dict[str, Any]]:
+    """The band table stored in the shipped leave-one-out file (empty when missing)."""
     if not LOO_PATH.is_file():
-        return (), 1.0
-    doc = json.loads(LOO_PATH.read_text())
-    res = tuple((r["family"], r["arch"], float(np.log(r["measured_ms"] / r["predicted_ms"]))) for r in doc["rows"])
-    return res, float(doc.get("widen", 1.0))
+        return {}
+    return dict(json.loads(LOO_PATH.read_text()).get("bands", {}))
+
+
+def _band(key: str, e: dict[str, Any], reason: str | None = None) -> Band:
+    return Band(low_factor=float(np.exp(e["log_low"])), high_factor=float(np.exp(e["log_high"])),
+                coverage=float(e["coverage"]), n=int(e.get("n") or 0), key=e.get("from", key),
+                measured=bool(e["measured"]) and reason is None, reason=reason or e.get("reason"))
 
 
 def band_for(platform: str, unit: str, precision: str) -> Band:
-    """The shipped band for a family."""
-    res, widen = shipped_residuals()
-    return band_from(res, family_key(platform, unit, precision), widen)
+    """The shipped band of a family; a borrowed, widened one (with its reason) when it has no rows:
+    from the family of its float precision if that is measured, else the nearest measured group."""
+    table = shipped_table()
+    fam = family_key(platform, unit, precision)
+    if fam in table:
+        return _band(fam, table[fam])
+    _, unit_, _ = fam.split("/")
+    # first the family of the float precision its unquantized ops run at (its params are used, calibrate.params_for)
+    flt = family_key(platform, unit, float_precision(precision, unit_))
+    for parent in dict.fromkeys([flt, *group_keys(fam)[1:]]):
+        e = table.get(parent)
+        if e and e["measured"]:
+            b = _borrowed(parent, e, f"no calibration latencies for {fam}")
+            return _band(parent, b, b["reason"])
+    return Band(low_factor=0.5, high_factor=2.0, coverage=float("nan"), n=0, key="default", measured=False,
+                reason=f"no calibration latencies for {fam} and no band table shipped: a default 0.5x-2x band")

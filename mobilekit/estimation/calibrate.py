@@ -6,6 +6,10 @@ row normalised (device, compute unit, precision) and, per architecture, the cost
 forward pass (``archs.py`` builds each architecture on the ``meta`` device and ``graph.py``
 costs it), so estimating never re-traces a calibration model.
 
+Every op of a row is priced at the precision it runs at in that row's runtime
+(``precision.plan``, the function ``estimate()`` uses too): a CPU ``int8-static`` ExecuTorch
+model keeps its norms in fp32, a QNN one does not.
+
 ``fit`` fits, per family (platform, unit, precision), the compute efficiency, memory
 efficiency and per-op overhead of ``model.py`` by least squares on log latency, shrunk toward
 the unit-wide fit (and that toward a loose prior) so a family with three rows stays sane.
@@ -28,9 +32,10 @@ from typing import Any
 import numpy as np
 
 from mobilekit.errors import ConfigError
-from mobilekit.estimation.devices import PEAK_KEY, spec_for
+from mobilekit.estimation.devices import spec_for
 from mobilekit.estimation.graph import KINDS
 from mobilekit.estimation.model import FamilyParams, OpArrays, family_key
+from mobilekit.estimation.precision import float_precision, needed_keys, plan
 
 logger = logging.getLogger(__name__)
 
@@ -286,15 +291,19 @@ def _prepare(rows: list[CalibRow], archs: dict[str, Any]) -> _Prepared:
     op_cache: dict[str, OpArrays] = {}
     for i, r in enumerate(rows):
         ops = op_cache.setdefault(r.arch, OpArrays.from_rows(archs[r.arch]["ops"]))
-        key = f"{r.unit}.{PEAK_KEY[r.precision]}"
-        spec = spec_for(r.device, (key,))
-        peak = spec.peaks.get(key)
-        if peak is None or spec.bandwidth_gbps is None:
-            raise ConfigError(f"no {key} peak or bandwidth for {r.device}", where="calibration device specs")
+        # every op at the precision it runs at (the same function estimate() prices with)
+        keys = needed_keys(ops, fmt=r.format, unit=r.unit, precision=r.precision)
+        spec = spec_for(r.device, keys)
+        try:
+            op_plan = plan(ops, fmt=r.format, unit=r.unit, precision=r.precision, peaks=spec.peaks)
+        except KeyError as exc:
+            raise ConfigError(f"no {exc.args[0]} peak for {r.device}", where="calibration device specs") from None
+        if spec.bandwidth_gbps is None:
+            raise ConfigError(f"no bandwidth for {r.device}", where="calibration device specs")
         n = len(ops.flops)
         parts["flops"].append(ops.flops)
-        parts["byts"].append(ops.bytes_at(r.precision))
-        parts["peak"].append(np.full(n, peak))
+        parts["byts"].append(op_plan.byts)
+        parts["peak"].append(op_plan.peak)
         parts["bw"].append(np.full(n, spec.bandwidth_gbps))
         parts["free"].append(ops.int_only)
         parts["dw"].append(ops.kind == dw_kind)
@@ -397,12 +406,17 @@ def _params(theta: np.ndarray, n: int, key: str) -> FamilyParams:
 
 
 def params_for(cal: Calibration, platform: str, unit: str, precision: str) -> FamilyParams:
-    """The family's params, backing off to the unit-wide fit, then to the prior."""
+    """The family's params, backing off to the family of the float precision its unquantized ops
+    run at (``android/cpu/int8-dynamic`` -> ``android/cpu/fp32``: XNNPACK runs its convolutions as
+    the fp32 recipe does), then to the unit-wide fit, then to the prior."""
     fitted = cal.families
     fam = family_key(platform, unit, precision)
     if fam in fitted:
         return fitted[fam]
     u = "cpu" if unit == "cpu1" else unit
+    flt = family_key(platform, unit, float_precision(precision, u))
+    if flt in fitted:
+        return fitted[flt]
     if f"*/{u}/*" in fitted:
         return fitted[f"*/{u}/*"]
     return _params(_PRIOR, 0, "prior")
@@ -464,33 +478,36 @@ def build_loo(out_path: str | Path | None = None, *,
               on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Run leave-one-model-out on the shipped features and write ``calibration_loo.json`` atomically.
 
-    The file holds, per calibration row, the measured and the held-out predicted latency (the
-    uncertainty bands, ``bands.py``, are read from it), and the fit on all rows (which
-    ``fitted_params`` loads, so estimating needs neither scipy nor a refit).
+    The file holds, per calibration row, the measured and the held-out predicted latency, the
+    per-group band table built from them (``bands.build_table``; ``band_for`` reads it), and the
+    fit on all rows (which ``fitted_params`` loads, so estimating needs neither scipy nor a refit).
     """
     from mobilekit._io import write_json_atomic
-    from mobilekit.estimation.bands import LOO_PATH, calibrate_widen, nested_coverage
+    from mobilekit.estimation.bands import LOO_PATH, build_table, nested_coverage
 
     doc = load_features()
     rows = rows_of(doc)
     pred = leave_one_model_out(rows, doc["archs"], on_progress=on_progress)
     cols = ([r.family for r in rows], [r.arch for r in rows], [r.latency_ms for r in rows], list(pred))
-    widen = calibrate_widen(*cols)
+    table = build_table(*cols)
     full = fit(rows, doc["archs"])
     out = {"version": FEATURES_VERSION, "method": "leave-one-model-out (grouped by architecture)",
            "fit": {"families": {k: v.to_dict() for k, v in full.families.items()},
                    "format_factor": full.format_factor},
-           "widen": widen, "nested_coverage": nested_coverage(*cols, widen=widen),
+           "bands": table, "nested_coverage": nested_coverage(*cols, table=table),
            "rows": [{"arch": r.arch, "device": r.device, "family": r.family, "runtime": r.runtime,
                      "measured_ms": r.latency_ms, "predicted_ms": float(p)} for r, p in zip(rows, pred)]}
     write_json_atomic(Path(out_path) if out_path else LOO_PATH, out)
     return out
 
 
-if __name__ == "__main__":  # python -m mobilekit.estimation.calibrate CSV  (rebuilds both shipped files)
+if __name__ == "__main__":
+    # python -m mobilekit.estimation.calibrate CSV   rebuilds both shipped files;
+    # python -m mobilekit.estimation.calibrate --loo-only   only calibration_loo.json (fit, residuals, bands)
     import sys
 
     logging.basicConfig(level=logging.INFO)
-    build_features(sys.argv[1])
-    load_features.cache_clear()
+    if sys.argv[1:] != ["--loo-only"]:
+        build_features(sys.argv[1])
+        load_features.cache_clear()
     build_loo()

@@ -113,32 +113,38 @@ class OpArrays:
         return ~fallback
 
 
-def op_times_ms(ops: OpArrays, *, precision: str, peak_gops: float, bandwidth_gbps: float,
-                params: FamilyParams) -> tuple[np.ndarray, np.ndarray]:
+def op_times_ms(ops: OpArrays, *, precision: str, peak_gops: float | np.ndarray, bandwidth_gbps: float,
+                params: FamilyParams, op_bytes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Roofline time (ms) of every op on one unit, and whether each is compute-bound.
 
-    Integer-only ops cost nothing. ``peak_gops`` is the unit's peak at the precision's arithmetic.
+    Integer-only ops cost nothing. ``peak_gops`` is the unit's peak at each op's arithmetic
+    precision (a scalar, or one per op from ``precision.plan``); ``op_bytes`` the bytes each op
+    moves at its own precision (default: every op at ``precision``).
     """
-    byts = ops.bytes_at(precision)
+    byts = ops.bytes_at(precision) if op_bytes is None else op_bytes
     mult = np.where(ops.kind == _KIND_INDEX["dwconv"], params.dw_factor, 1.0)
-    t_c = ops.flops * mult / (peak_gops * 1e9 * params.eff_compute)
+    t_c = ops.flops * mult / (np.asarray(peak_gops, dtype=float) * 1e9 * params.eff_compute)
     t_m = byts / (bandwidth_gbps * 1e9 * params.eff_memory)
     t = np.maximum(t_c, t_m) * 1e3 + np.where(ops.fused(), 0.0, params.overhead_us * 1e-3)
     t = np.where(ops.int_only, 0.0, t)
     return t, t_c >= t_m
 
 
-def predict_ms(ops: OpArrays, *, unit: str, precision: str, peak_gops: float, bandwidth_gbps: float,
+def predict_ms(ops: OpArrays, *, unit: str, precision: str, peak_gops: float | np.ndarray, bandwidth_gbps: float,
                params: FamilyParams, cpu_peak_gops: float | None = None,
-               cpu_params: FamilyParams | None = None) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+               cpu_params: FamilyParams | None = None,
+               op_bytes: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
     """Whole-model latency (ms) on ``unit`` (ops plus the fixed per-inference cost), with CPU
-    fallback for ops the delegate does not take.
+    fallback (at fp32) for ops the delegate does not take.
+
+    ``peak_gops`` and ``op_bytes`` may be per op (``precision.plan``), so each op is priced at
+    the precision it really runs at.
 
     Returns:
         (total ms, per-op ms, per-op compute-bound flags, per-op "ran on the unit" flags).
     """
     t, bound = op_times_ms(ops, precision=precision, peak_gops=peak_gops, bandwidth_gbps=bandwidth_gbps,
-                           params=params)
+                           params=params, op_bytes=op_bytes)
     taken = ops.taken(unit)
     if not taken.all() and cpu_peak_gops and cpu_params is not None:
         t_cpu, b_cpu = op_times_ms(ops, precision="fp32", peak_gops=cpu_peak_gops, bandwidth_gbps=bandwidth_gbps,

@@ -195,10 +195,24 @@ def test_band_holds_calibration_points_at_its_claimed_rate_leave_one_model_out()
     assert fresh.format_factor == pytest.approx(used.format_factor, rel=1e-3)
     for key, params in fresh.families.items():
         assert params.eff_compute == pytest.approx(used.families[key].eff_compute, rel=1e-3), key
-    cov = nested_coverage([r.family for r in rows], [r.arch for r in rows], list(measured), list(pred),
-                          widen=shipped["widen"])
-    assert cov["claimed"] == COVERAGE
-    assert cov["measured"] >= COVERAGE - 0.05, cov
+    # Each family's band claims the coverage measured leave-one-model-out; on these freshly refitted
+    # held-out predictions the measured share may differ only by rows whose residual sits within
+    # 1e-2 (log) of a band edge (each such row can flip with BLAS jitter and moves the share by 1/n).
+    from tests.profile.test_estimate_precision import _own_nested
+
+    res = np.log(measured / pred)
+    fams = np.array([r.family for r in rows])
+    for fam in sorted(set(fams.tolist())):
+        e = shipped["bands"][fam]
+        idx = fams == fam
+        if not e["measured"]:
+            assert e["reason"], fam
+            continue
+        inside, dist = _own_nested(res[idx], [r.arch for r, i in zip(rows, idx) if i], e["widen"])
+        tol = np.sum(dist < 1e-2) / idx.sum()
+        assert abs(float(np.mean(inside)) - e["coverage"]) <= tol + 1e-9, (fam, float(np.mean(inside)), e)
+    cov = nested_coverage(list(fams), [r.arch for r in rows], list(measured), list(pred), table=shipped["bands"])
+    assert cov["n"] == len(rows) and 0 < COVERAGE < 1
     # held-out predictions are informative: most land within a factor of 2
     ratio = np.abs(np.log(pred / measured))
     assert np.mean(ratio < np.log(2)) > 0.6

@@ -1,0 +1,258 @@
+"""Per-op precision: which arithmetic and which byte widths each op of a recipe really runs at.
+
+A recipe's precision names what the converter was asked for, not what every op ends up
+running at. ``op_precisions`` says, per op, which of ``graph.PRECISION_BYTES`` applies,
+following what this repo's converters (and the runtimes of the calibration set) do:
+
+* ``int8-dynamic`` quantizes only fully connected layers: ExecuTorch's ``XNNPACKQuantizer`` is
+  set on ``torch.nn.Linear`` modules only (``converters/executorch.py``), and ONNX Runtime's
+  ``quantize_dynamic`` on ``MatMul``/``Gemm`` with a constant weight (``MatMulConstBOnly`` is its
+  default). Convolutions, norms and elementwise ops stay fp32. ai-edge-quantizer's
+  ``dynamic_wi8_afp32`` (TFLite) also takes ``CONV_2D``, ``DEPTHWISE_CONV_2D`` and
+  ``CONV_2D_TRANSPOSE``.
+* ``int8-weight`` stores int8 weights and computes in float: weighted matmuls (torchao's
+  ``IntxWeightOnlyConfig`` for the ExecuTorch Core ML delegate takes ``nn.Linear`` only), plus
+  convolutions for ONNX (``DequantizeLinear`` on Conv/Gemm weights), TFLite and Core ML.
+* ``int8-static`` on a CPU: XNNPACK's static quantizer annotates conv, linear, add, mul, pooling
+  and cat; ONNX Runtime's QDQ ``quantize_static`` also every MatMul. Norms, attention and index
+  ops stay float. On an NPU (HTP, ANE) and in full-integer TFLite, QNN and Core ML models, every
+  op the delegate takes is int8.
+* ``fp16`` is fp16 everywhere except TFLite on a CPU, whose fp16 recipe is weight-only casting
+  that XNNPACK dequantizes to fp32 at load, so it runs (and moves bytes) as fp32.
+* ``w8a16`` (QNN): weighted ops w8a16, the rest fp16.
+
+When the exported artifact is at hand, ``read_onnx_precisions`` reads what was quantized from an
+ONNX graph (``MatMulInteger``/``ConvInteger`` = dynamic, ``QLinear*`` or ``DequantizeLinear`` on
+both inputs = static, ``MatMulNBits`` or a dequantized weight with float activations =
+weight-only) and overrides the table for weighted conv and matmul ops.
+
+``plan`` turns the per-op precisions into per-op bytes and peaks; both the fit
+(``calibrate.py``) and ``estimate()`` price ops through it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mobilekit.estimation.devices import peak_key
+from mobilekit.estimation.graph import KINDS, PRECISION_BYTES
+
+_K = {k: i for i, k in enumerate(KINDS)}
+_CONV_KINDS = frozenset({"conv", "dwconv"})
+# kinds XNNPACK's static quantizer (conv, linear, add/mul, pooling, cat) keeps in int8
+_XNN_STATIC = frozenset({"conv", "dwconv", "elementwise", "pool", "copy"})
+# ONNX Runtime's QDQ quantize_static: the same plus every MatMul (attention's too)
+_ORT_STATIC = frozenset({"conv", "dwconv", "matmul", "attention", "elementwise", "pool", "copy"})
+# formats whose int8-static models are full-integer (every delegated op in int8)
+_FULL_INT = frozenset({"tflite", "qnn", "coreml"})
+
+
+def float_precision(precision: str, unit: str) -> str:
+    """The float precision the ops a recipe leaves unquantized run at on ``unit``."""
+    if precision in ("fp16", "w8a16") or unit == "npu":
+        return "fp16"
+    if unit == "gpu" and precision != "fp32":
+        return "fp16"
+    return "fp32"
+
+
+def kind_precision(kind: str, weighted: bool, *, fmt: str | None, unit: str, precision: str) -> str:
+    """Precision (a key of ``PRECISION_BYTES``) of one op of ``kind`` under a recipe.
+
+    Args:
+        kind: one of ``graph.KINDS``.
+        weighted: the op reads a parameter or constant (a Linear, a Conv), not only activations.
+        fmt: export format (``executorch``, ``onnx``, ``tflite``, ``coreml``, ``qnn``; None: ExecuTorch's rules).
+        unit: ``cpu``, ``cpu1``, ``gpu`` or ``npu``.
+        precision: the recipe's precision.
+    """
+    unit = "cpu" if unit == "cpu1" else unit
+    flt = float_precision(precision, unit)
+    if precision in ("fp32", "fp16"):
+        if precision == "fp16" and fmt == "tflite" and unit == "cpu":
+            return "fp32"
+        return flt if unit == "npu" else precision
+    if precision == "w8a16":
+        return "w8a16" if weighted else "fp16"
+    if precision == "int8-weight":
+        takes_conv = fmt in ("onnx", "tflite", "coreml")
+        ok = weighted and (kind == "matmul" or (takes_conv and kind in _CONV_KINDS))
+        return "int8-weight" if ok else flt
+    if precision == "int8-dynamic":
+        ok = weighted and (kind == "matmul" or (fmt == "tflite" and kind in _CONV_KINDS))
+        return "int8-dynamic" if ok else flt
+    if precision == "int8-static":
+        if unit == "npu" or fmt in _FULL_INT:
+            return "int8-static"
+        if fmt == "onnx":
+            return "int8-static" if kind in _ORT_STATIC else flt
+        ok = kind in _XNN_STATIC or (kind == "matmul" and weighted)  # linear, not bmm
+        return "int8-static" if ok else flt
+    raise KeyError(precision)
+
+
+def precision_table(*, fmt: str | None, unit: str, precision: str) -> dict[str, dict[str, str]]:
+    """``{kind: {"weighted": precision, "activations": precision}}`` for a recipe (for docs and reports)."""
+    return {k: {"weighted": kind_precision(k, True, fmt=fmt, unit=unit, precision=precision),
+                "activations": kind_precision(k, False, fmt=fmt, unit=unit, precision=precision)} for k in KINDS}
+
+
+def op_precisions(kind: np.ndarray, weight_elems: np.ndarray, *, fmt: str | None, unit: str, precision: str,
+                  overrides: Mapping[str, str] | None = None) -> np.ndarray:
+    """Per-op precision (object array of ``PRECISION_BYTES`` keys).
+
+    Args:
+        kind: per-op index into ``graph.KINDS`` (``OpArrays.kind``).
+        weight_elems: per-op weight elements (``OpArrays.weight_elems``).
+        fmt, unit, precision: the recipe (see ``kind_precision``).
+        overrides: ``{"conv"|"matmul": precision}`` read from an exported artifact; applies to
+            weighted ops of that kind (``conv`` covers depthwise convs).
+    """
+    table = {(i, w): kind_precision(k, w, fmt=fmt, unit=unit, precision=precision)
+             for i, k in enumerate(KINDS) for w in (False, True)}
+    if overrides:
+        for name, prec in overrides.items():
+            for k in (("conv", "dwconv") if name == "conv" else (name,)):
+                table[(_K[k], True)] = prec
+    weighted = np.asarray(weight_elems) > 0
+    out = np.empty(len(kind), dtype=object)
+    for j, (k, w) in enumerate(zip(np.asarray(kind).tolist(), weighted.tolist())):
+        out[j] = table[(k, w)]
+    return out
+
+
+@dataclass(frozen=True)
+class OpPlan:
+    """Per-op precision, bytes moved and peak GOP/s of one model on one unit.
+
+    Attributes:
+        precision: per-op precision names.
+        byts: per-op bytes at its precision.
+        peak: per-op peak GOP/s of its arithmetic on the unit.
+        keys: per-op peak key (``"cpu.int8"``).
+    """
+
+    precision: np.ndarray
+    byts: np.ndarray
+    peak: np.ndarray
+    keys: np.ndarray
+
+
+def peak_keys(precisions: np.ndarray, unit: str) -> np.ndarray:
+    """Per-op peak key ``"<unit>.<fp32|fp16|int8>"`` for per-op precisions."""
+    cache: dict[str, str] = {}
+    return np.array([cache.setdefault(p, f"{unit}.{peak_key(p, 'cpu' if unit == 'cpu1' else unit)}")
+                     for p in precisions.tolist()], dtype=object)
+
+
+def plan(ops: Any, *, fmt: str | None, unit: str, precision: str, peaks: Mapping[str, float],
+         overrides: Mapping[str, str] | None = None) -> OpPlan:
+    """Price every op of ``ops`` (an ``OpArrays``) at its own precision.
+
+    Raises:
+        KeyError: a peak key the ops need is missing from ``peaks`` (the message is the key).
+    """
+    prec = op_precisions(ops.kind, ops.weight_elems, fmt=fmt, unit=unit, precision=precision, overrides=overrides)
+    wb = np.array([PRECISION_BYTES[p][0] for p in prec.tolist()], dtype=float)
+    ab = np.array([PRECISION_BYTES[p][1] for p in prec.tolist()], dtype=float)
+    keys = peak_keys(prec, unit)
+    missing = sorted({k for k in keys.tolist() if k not in peaks})
+    if missing:
+        raise KeyError(missing[0])
+    peak = np.array([float(peaks[k]) for k in keys.tolist()], dtype=float)
+    return OpPlan(precision=prec, byts=ops.weight_elems * wb + ops.act_elems * ab, peak=peak, keys=keys)
+
+
+def needed_keys(ops: Any, *, fmt: str | None, unit: str, precision: str,
+                overrides: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The peak keys ``plan`` will look up for these ops."""
+    prec = op_precisions(ops.kind, ops.weight_elems, fmt=fmt, unit=unit, precision=precision, overrides=overrides)
+    return tuple(sorted(set(peak_keys(prec, unit).tolist())))
+
+
+# --- what an exported ONNX graph actually quantized ---------------------------------------------
+
+_ONNX_KIND = {"Conv": "conv", "ConvTranspose": "conv", "ConvInteger": "conv", "QLinearConv": "conv",
+              "MatMul": "matmul", "Gemm": "matmul", "MatMulInteger": "matmul", "QLinearMatMul": "matmul",
+              "MatMulNBits": "matmul", "DynamicQuantizeMatMul": "matmul"}
+
+
+def read_onnx_precisions(path: str | Path, float_prec: str = "fp32") -> dict[str, Counter[str]]:
+    """Count the weighted conv and matmul nodes of an ONNX file by the precision they run at.
+
+    Only the graph is read (external weight data is not loaded). A Conv/MatMul/Gemm counts as
+    weighted when its second input is an initializer or comes from a ``DequantizeLinear`` of one.
+
+    Returns:
+        ``{"conv": Counter({"fp32": 3}), "matmul": Counter({"int8-dynamic": 2})}``.
+    """
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+
+    def from_dq(name: str) -> bool:
+        n = producer.get(name)
+        return n is not None and n.op_type == "DequantizeLinear"
+
+    def const(name: str) -> bool:
+        if name in inits:
+            return True
+        n = producer.get(name)
+        if n is None:
+            return False
+        if n.op_type == "Constant":
+            return True
+        if n.op_type in ("DequantizeLinear", "Transpose", "Reshape", "Cast"):
+            return bool(n.input) and const(n.input[0])
+        return False
+
+    out: dict[str, Counter[str]] = {"conv": Counter(), "matmul": Counter()}
+    for n in g.node:
+        kind = _ONNX_KIND.get(n.op_type)
+        if kind is None or len(n.input) < 2:
+            continue
+        op = n.op_type
+        if op in ("MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul"):
+            prec = "int8-dynamic"
+        elif op in ("QLinearConv", "QLinearMatMul"):
+            prec = "int8-static"
+        elif op == "MatMulNBits":
+            prec = "int8-weight"
+        else:
+            if not const(n.input[1]):
+                continue  # activation x activation matmul: not a weighted op
+            if from_dq(n.input[1]):
+                prec = "int8-static" if from_dq(n.input[0]) else "int8-weight"
+            else:
+                prec = float_prec
+        if op in ("MatMulInteger", "QLinearMatMul") and not (const(n.input[1]) or from_dq(n.input[1])):
+            kind = "matmul_act"
+        out.setdefault(kind, Counter())[prec] += 1
+    out.pop("matmul_act", None)
+    return out
+
+
+def overrides_from_counts(counts: Mapping[str, Counter[str]]) -> dict[str, str]:
+    """Majority precision per kind (``conv``/``matmul``) of weighted nodes that the artifact has."""
+    return {k: c.most_common(1)[0][0] for k, c in counts.items() if c}
+
+
+def artifact_overrides(artifact: str | Path | None, fmt: str | None,
+                       float_prec: str = "fp32") -> tuple[dict[str, str], dict[str, dict[str, int]] | None]:
+    """Overrides and raw counts read from an exported artifact (ONNX only; others: none)."""
+    if artifact is None:
+        return {}, None
+    p = Path(artifact)
+    if p.suffix != ".onnx" or not p.is_file():
+        return {}, None
+    counts = read_onnx_precisions(p, float_prec)
+    return overrides_from_counts(counts), {k: dict(v) for k, v in counts.items()}
