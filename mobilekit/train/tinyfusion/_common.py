@@ -35,11 +35,6 @@ class NoisyBatch:
                        x_t=self.x_t.to(device), cond=None if self.cond is None else self.cond.to(device))
 
 
-def resolve_device(device: str | torch.device | None) -> str | None:
-    """``None`` stays None (the distributed context picks CUDA when available, else CPU)."""
-    return None if device is None else str(device)
-
-
 def autocast(device: torch.device, precision: str) -> Any:
     """bf16 autocast on ``device`` for ``precision="bf16"``, else a no-op context."""
     if precision != "bf16":

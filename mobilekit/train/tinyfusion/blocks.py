@@ -168,6 +168,14 @@ class DiTStack(_DiffusersStack):
     *kept* block, so the head reads that block's embedder. The adapter declares this
     (``outside_reads``) and the gated model reproduces it differentiably (see
     :class:`_FirstKeptRead`), so the search pays for dropping block 0.
+
+    Why not keep the original head conditioning after dropping block 0: a vanilla
+    ``DiTTransformer2DModel`` has one embedder per block, and the first block's embedder feeds
+    both that block's adaLN and the head, so no weights of the shallower model give the kept
+    block its own modulation and the head block 0's (the two are non-linear in ``(t, y)``).
+    The pruned model therefore stays exactly what diffusers computes (and loads with
+    ``from_pretrained``); the search sees that exact cost; ``DepthPruneConfig(protect=(0,))``
+    keeps block 0 when the head's trained conditioning must survive unchanged.
     """
 
     name = "dit"

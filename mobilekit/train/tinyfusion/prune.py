@@ -13,11 +13,11 @@ import torch
 from torch import nn
 
 from mobilekit._deps import toolchain_versions
+from mobilekit.errors import ConfigError
 from mobilekit.train import distributed as dist
 from mobilekit.train.tinyfusion import masks as mk
 from mobilekit.train.tinyfusion._common import calibration_batches, calibration_loss, force_eval
 from mobilekit.train.tinyfusion.baselines import choose_baseline
-from mobilekit.errors import ConfigError
 from mobilekit.train.tinyfusion.blocks import BlockStack, check_outside_reads, gated_copy, resolve_stack
 from mobilekit.train.tinyfusion.config import DepthPruneConfig
 from mobilekit.train.tinyfusion.data import DataSource, load_data
