@@ -248,6 +248,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (recorded)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "tinyfusion.json")
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--device", default="cpu", help="search/recovery device (the recorded results ran on cpu)")
     ap.add_argument("--seeds", type=int, nargs="*", help="override the mode's seeds")
     ap.add_argument("--pattern", default="1:2", help="N:M pattern (e.g. 6:12 = one global group)")
     ap.add_argument("--search-steps", type=int, default=0, help="override the mode's search steps")
@@ -307,12 +308,13 @@ def main() -> None:
                 pcfg = DepthPruneConfig(pattern=args.pattern, steps=cfg["search_steps"], batch_size=cfg["search_batch"],
                                         seed=seed, calib_samples=128, log_every=max(1, cfg["search_steps"] // 20),
                                         **kw)  # type: ignore[arg-type]
-                pr = prune_depth(teacher, train, pcfg)
+                pr = prune_depth(teacher, train, pcfg, device=args.device)
                 search_cache[key] = pr
             dcfg = DistillConfig(mode=recovery, steps=cfg["recover_steps"], batch_size=cfg["batch"], seed=seed,
                                  lr=2e-4, lr_min=1e-4, ema_decay=0.999, log_every=50)
             t0 = time.perf_counter()
-            rec = distill(pr.model, teacher, train, dcfg, kept=pr.kept, groups=pr.groups)
+            rec = distill(pr.model, teacher, train, dcfg, kept=pr.kept, groups=pr.groups, device=args.device)
+            rec.model.cpu()
             rec_s = time.perf_counter() - t0
             fd = frechet(features(clf, generate(rec.model, cfg["gen_samples"], cfg["sample_steps"], seed)), real_feats)
             row = {"method": name, "seed": seed, "recovery": recovery, "kept": pr.kept,

@@ -35,13 +35,13 @@ def _load_model(spec: str, seed: int) -> Any:
     return model  # prune_depth raises the clear "unsupported model" error
 
 
-def _kept(text: str | None) -> tuple[int, ...]:
+def _kept(text: str | None, option: str = "--kept") -> tuple[int, ...]:
     if not text:
         return ()
     try:
         return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
     except ValueError:
-        raise ConfigError(f"cannot read kept indices {text!r}", where="--kept", fix="write e.g. 0,2,4,7") from None
+        raise ConfigError(f"cannot read block indices {text!r}", where=option, fix="write e.g. 0,2,4,7") from None
 
 
 def register(app: typer.Typer) -> None:
@@ -62,6 +62,11 @@ def register(app: typer.Typer) -> None:
         kept: Annotated[str | None, typer.Option("--kept", help="explicit kept indices for --method indices, e.g. 0,2,4")] = None,
         seed: Annotated[int, typer.Option("--seed", help="run seed")] = 0,
         checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="steps between resumable checkpoints (0: none)")] = 0,
+        search_loss: Annotated[str, typer.Option("--search-loss", help="eps, or eps+vlb (adds the VLB term on a learned variance)")] = "eps",
+        protect: Annotated[str | None, typer.Option("--protect", help="blocks every candidate must keep, e.g. 0 (learnable only)")] = None,
+        device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")] = None,
+        precision: Annotated[str, typer.Option("--precision", help="fp32 or bf16 (autocast)")] = "fp32",
+        grad_accum: Annotated[int, typer.Option("--grad-accum", help="micro-batches per optimizer step")] = 1,
         json_out: Annotated[bool, typer.Option("--json", help="print the result record as JSON on stdout")] = False,
     ) -> None:
         """Learn (or pick by a baseline) which transformer blocks to keep; save the shallower model."""
@@ -70,10 +75,12 @@ def register(app: typer.Typer) -> None:
 
         config = DepthPruneConfig(method=method, pattern=pattern, steps=steps, batch_size=batch_size, delta=delta,
                                   lora_rank=lora_rank, lr=lr, kept=_kept(kept), seed=seed,
-                                  checkpoint_every=checkpoint_every, log_every=max(1, steps // 50))
+                                  checkpoint_every=checkpoint_every, log_every=max(1, steps // 50),
+                                  search_loss=search_loss, protect=_kept(protect, "--protect"), precision=precision,
+                                  grad_accum=grad_accum)
         model = _load_model(spec, seed)
         with progress_callback(f"prune {spec} ({method} {pattern})") as on_progress:
-            result = prune_depth(model, data, config, out_dir=out, on_progress=on_progress)
+            result = prune_depth(model, data, config, out_dir=out, on_progress=on_progress, device=device)
         record = result.to_dict()
         if json_out:
             print_json({k: v for k, v in record.items() if k != "log"} | {"out_dir": str(out)})
@@ -97,6 +104,11 @@ def register(app: typer.Typer) -> None:
         record: Annotated[Path | None, typer.Option("--record", help="prune.json with kept layers and groups (default: beside STUDENT)")] = None,
         seed: Annotated[int, typer.Option("--seed", help="run seed")] = 0,
         checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="steps between resumable checkpoints (0: none)")] = 50,
+        gt_loss: Annotated[str, typer.Option("--gt-loss", help="eps, or eps+vlb (adds the VLB term on a learned variance)")] = "eps",
+        kd_variance: Annotated[bool, typer.Option("--kd-variance", help="distil the teacher's learned variance (KL of the two p(x_t-1|x_t))")] = False,
+        device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")] = None,
+        precision: Annotated[str, typer.Option("--precision", help="fp32 or bf16 (autocast)")] = "fp32",
+        grad_accum: Annotated[int, typer.Option("--grad-accum", help="micro-batches per optimizer step")] = 1,
         json_out: Annotated[bool, typer.Option("--json", help="print the result record as JSON on stdout")] = False,
     ) -> None:
         """Recover a pruned model by masked distillation from its teacher (or plain fine-tuning)."""
@@ -104,7 +116,8 @@ def register(app: typer.Typer) -> None:
         from mobilekit.train.tinyfusion import DistillConfig, distill
 
         config = DistillConfig(mode=mode, steps=steps, batch_size=batch_size, lr=lr, lr_min=lr / 2, seed=seed,
-                               checkpoint_every=checkpoint_every, log_every=max(1, steps // 50))
+                               checkpoint_every=checkpoint_every, log_every=max(1, steps // 50), gt_loss=gt_loss,
+                               kd_variance=kd_variance, precision=precision, grad_accum=grad_accum)
         student_model = _load_model(str(student), seed)
         teacher_model = _load_model(teacher, seed) if teacher else None
         rec_path = record or Path(student).parent / "prune.json"
@@ -116,7 +129,7 @@ def register(app: typer.Typer) -> None:
             raise ConfigError("prune record not found", where=str(record), fix="pass the prune.json prune wrote")
         with progress_callback(f"{mode} {student}") as on_progress:
             result = distill(student_model, teacher_model, data, config, kept=kept, groups=groups, out_dir=out,
-                             on_progress=on_progress)
+                             on_progress=on_progress, device=device)
         if json_out:
             print_json(result.to_dict() | {"out_dir": str(out)})
             return

@@ -39,7 +39,8 @@ def init_distributed(device: str | None = None) -> DistContext:
     """Join the torchrun process group if the environment describes one.
 
     Args:
-        device: "cpu" or "cuda"; default: CUDA when available, else CPU.
+        device: "cpu" or "cuda"; default: CUDA when available (and there is a GPU for every
+            local process), else CPU.
 
     Returns:
         The DistContext of this process.
@@ -48,7 +49,8 @@ def init_distributed(device: str | None = None) -> DistContext:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+        device = "cuda" if torch.cuda.is_available() and torch.cuda.device_count() >= local_world else "cpu"
     if device == "cuda":
         torch.cuda.set_device(local_rank)
         device = f"cuda:{local_rank}"

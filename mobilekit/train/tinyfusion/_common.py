@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,6 +28,29 @@ class NoisyBatch:
     t: torch.Tensor
     x_t: torch.Tensor
     cond: torch.Tensor | None
+
+    def to(self, device: torch.device | str) -> NoisyBatch:
+        """The batch on ``device`` (drawn on the CPU, so every device sees the same numbers)."""
+        return replace(self, x0=self.x0.to(device), noise=self.noise.to(device), t=self.t.to(device),
+                       x_t=self.x_t.to(device), cond=None if self.cond is None else self.cond.to(device))
+
+
+def autocast(device: torch.device, precision: str) -> Any:
+    """bf16 autocast on ``device`` for ``precision="bf16"``, else a no-op context."""
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor moved to the CPU (checkpoints load on any device)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
 
 
 def make_batch(data: DataSource, schedule: NoiseSchedule, batch_size: int, gen: torch.Generator, *,

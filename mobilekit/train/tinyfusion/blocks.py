@@ -65,6 +65,9 @@ class BlockStack(Protocol):
     def install_gates(self, model: nn.Module, state: GateState) -> None:
         """Wrap every block in a :class:`GatedBlock` reading ``state`` (in place)."""
 
+    # Optional attribute ``outside_reads: tuple[str, ...]``: submodule paths of ``blocks[0]`` the
+    # model calls from outside the blocks (diffusers DiT: ``("norm1.emb",)``, the head's conditioning).
+
 
 @dataclass
 class GateState:
@@ -101,7 +104,7 @@ class GatedBlock(nn.Module):
             if isinstance(out, tuple):
                 out = out[0]
             if m is not None:
-                m = m.to(out.dtype).reshape(-1, *([1] * (out.dim() - 1)))
+                m = m.to(out.device, out.dtype).reshape(-1, *([1] * (out.dim() - 1)))
                 out = m * out + (1 - m) * hidden_states
         if state.record:
             state.trace.append((hidden_states.detach(), out.detach()))
@@ -116,6 +119,7 @@ def _install_generic(model: nn.Module, stack: BlockStack, state: GateState) -> N
             raise ConfigError("the model's blocks are already gated", where=f"block {i}",
                               fix="pass the original model, not one returned by a previous search")
     _replace_list(model, stack, wrapped)
+    _install_outside_reads(wrapped, state, tuple(getattr(stack, "outside_reads", ())))
 
 
 def _replace_list(model: nn.Module, stack: BlockStack, blocks: nn.ModuleList) -> None:
@@ -145,6 +149,8 @@ class _DiffusersStack:
         model.transformer_blocks = blocks
         model.register_to_config(**{self.depth_key: len(blocks)})
 
+    outside_reads: tuple[str, ...] = ()
+
     def input_shape(self, model: nn.Module) -> tuple[int, int, int]:  # noqa: D102
         size = model.config.sample_size
         h, w = (size, size) if isinstance(size, int) else tuple(size)
@@ -157,12 +163,24 @@ class _DiffusersStack:
 class DiTStack(_DiffusersStack):
     """diffusers ``DiTTransformer2DModel`` (adaLN-Zero, class labels).
 
-    Its output layer reads the timestep/label embedding of ``transformer_blocks[0]``; after
-    pruning that is the first *kept* block, so the gated model does the same per sample.
+    Its output head is conditioned by ``transformer_blocks[0].norm1.emb`` (each block owns a
+    timestep/label embedder; there is none at model level). After pruning, index 0 is the first
+    *kept* block, so the head reads that block's embedder. The adapter declares this
+    (``outside_reads``) and the gated model reproduces it differentiably (see
+    :class:`_FirstKeptRead`), so the search pays for dropping block 0.
+
+    Why not keep the original head conditioning after dropping block 0: a vanilla
+    ``DiTTransformer2DModel`` has one embedder per block, and the first block's embedder feeds
+    both that block's adaLN and the head, so no weights of the shallower model give the kept
+    block its own modulation and the head block 0's (the two are non-linear in ``(t, y)``).
+    The pruned model therefore stays exactly what diffusers computes (and loads with
+    ``from_pretrained``); the search sees that exact cost; ``DepthPruneConfig(protect=(0,))``
+    keeps block 0 when the head's trained conditioning must survive unchanged.
     """
 
     name = "dit"
     class_name = "DiTTransformer2DModel"
+    outside_reads: tuple[str, ...] = ("norm1.emb",)
 
     def predict(self, model: nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:  # noqa: D102
         return model(x_t, timestep=t, class_labels=cond).sample
@@ -175,35 +193,139 @@ class DiTStack(_DiffusersStack):
         table = getattr(table, "block", table).norm1.emb.class_embedder
         return int(table.num_classes) if table.dropout_prob > 0 else None
 
-    def install_gates(self, model: nn.Module, state: GateState) -> None:  # noqa: D102
-        _install_generic(model, self, state)
-        wrapped = self.blocks(model)
-        object.__setattr__(wrapped[0], "norm1", _HeadNorm(wrapped, state))
+
+def first_kept_weights(masks: torch.Tensor) -> torch.Tensor:
+    """``w_j = m_j * prod_{i<j} (1 - m_i)``: which block is the first kept one, per sample.
+
+    For hard 0/1 masks this is the one-hot of the first kept block, so a mixture weighted by
+    it equals what the pruned model computes; it stays differentiable in every ``m_i``
+    (straight-through masks carry the gate-logit gradient). ``masks`` is ``[B, L]`` or ``[L]``.
+    """
+    survive = torch.cumprod(1 - masks, dim=-1)
+    before = torch.cat([torch.ones_like(survive[..., :1]), survive[..., :-1]], dim=-1)
+    return masks * before
 
 
-class _HeadNorm:
-    """Stands in for ``transformer_blocks[0].norm1`` of a gated DiT: its ``emb`` is the first kept block's."""
+def _resolve(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
 
-    def __init__(self, wrapped: nn.ModuleList, state: GateState) -> None:
+
+class _FirstKeptRead:
+    """Stands in for ``blocks[0].<path>`` of a gated model when the model calls it from outside the blocks.
+
+    A pruned model's ``blocks[0]`` is its first kept block, so the original model's code (e.g.
+    the diffusers DiT head, ``transformer_blocks[0].norm1.emb(...)``) then runs that block's
+    module. Here every block's module runs and the outputs are mixed with
+    :func:`first_kept_weights` of the sampled masks: with hard masks the result is exactly the
+    pruned model's, and the gradient reaches the gate logits, so dropping block 0 is charged
+    the cost of re-conditioning the head. (Before, the choice was made on ``masks.detach()``
+    and the search never saw that cost.) Without gradient the first kept block alone is run.
+    """
+
+    def __init__(self, wrapped: nn.ModuleList, state: GateState, path: str) -> None:
         self.wrapped = wrapped
         self.state = state
+        self.path = path
 
-    def emb(self, timestep: torch.Tensor, class_labels: torch.Tensor, hidden_dtype: Any = None) -> torch.Tensor:
-        embs = [w.block.norm1.emb for w in self.wrapped]
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        mods = [_resolve(w.block, self.path) for w in self.wrapped]
         masks = self.state.masks
         if masks is None:
-            return embs[0](timestep, class_labels, hidden_dtype=hidden_dtype)
-        keep = masks.detach() > 0.5
-        if keep.dim() == 1:
-            first = int(keep.float().argmax())
-            return embs[first](timestep, class_labels, hidden_dtype=hidden_dtype)
-        first = keep.float().argmax(dim=1)
+            return mods[0](*args, **kwargs)
+        if not (masks.requires_grad and torch.is_grad_enabled()):
+            keep = masks.detach() > 0.5
+            if keep.dim() == 1:
+                return mods[int(keep.float().argmax())](*args, **kwargs)
+            first = keep.float().argmax(dim=1)
+            out = None
+            for j in torch.unique(first).tolist():
+                e = mods[j](*args, **kwargs)
+                sel = (first == j).to(e.device, e.dtype).reshape(-1, *([1] * (e.dim() - 1)))
+                out = e * sel if out is None else out + e * sel
+            return out
+        w = first_kept_weights(masks)
         out = None
-        for j in torch.unique(first).tolist():
-            e = embs[j](timestep, class_labels, hidden_dtype=hidden_dtype)
-            sel = (first == j).reshape(-1, 1).to(e.dtype)
-            out = e * sel if out is None else out + e * sel
+        for j, mod in enumerate(mods):
+            e = mod(*args, **kwargs)
+            wj = w[..., j].to(e.device, e.dtype).reshape(-1, *([1] * (e.dim() - 1)))
+            out = wj * e if out is None else out + wj * e
         return out
+
+
+class _Namespace:
+    """Attribute holder standing in for the intermediate objects of a dotted path."""
+
+
+def _install_outside_reads(wrapped: nn.ModuleList, state: GateState, paths: tuple[str, ...]) -> None:
+    """Route each ``blocks[0].<path>`` read from outside the blocks to a :class:`_FirstKeptRead`."""
+    for path in paths:
+        *parents, leaf = path.split(".")
+        holder: Any = wrapped[0]
+        for part in parents:
+            nxt = holder.__dict__.get(part)
+            if not isinstance(nxt, _Namespace):
+                nxt = _Namespace()
+                object.__setattr__(holder, part, nxt)
+            holder = nxt
+        object.__setattr__(holder, leaf, _FirstKeptRead(wrapped, state, path))
+
+
+def outside_block_calls(model: nn.Module, stack: BlockStack, run: Callable[[], Any]) -> list[str]:
+    """Submodules of the blocks that ``run()`` calls from outside their block's forward.
+
+    Such a call (e.g. the diffusers DiT head running ``transformer_blocks[0].norm1.emb``) ties the
+    model's output to whichever block ends up at that index after pruning. Returns the paths as
+    ``"<block index>.<submodule path>"``, outermost only.
+    """
+    blocks = stack.blocks(model)
+    active: list[int] = []
+    found: list[str] = []
+    handles = []
+
+    def enter(i: int) -> Callable[..., None]:
+        return lambda *_: active.append(i)
+
+    def leave(i: int) -> Callable[..., None]:
+        return lambda *_: active.remove(i)
+
+    def check(i: int, name: str) -> Callable[..., None]:
+        def hook(*_: Any) -> None:
+            if i not in active and not any(f"{i}.{name}".startswith(f + ".") for f in found):
+                found.append(f"{i}.{name}")
+        return hook
+
+    try:
+        for i, blk in enumerate(blocks):
+            handles.append(blk.register_forward_pre_hook(enter(i)))
+            handles.append(blk.register_forward_hook(leave(i)))
+            for name, sub in blk.named_modules():
+                if name:
+                    handles.append(sub.register_forward_pre_hook(check(i, name)))
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    return found
+
+
+def check_outside_reads(model: nn.Module, stack: BlockStack, run: Callable[[], Any]) -> None:
+    """Raise unless every outside-the-blocks call ``run()`` makes is one the adapter declares.
+
+    Raises:
+        ConfigError: the model runs part of a block from outside the block and the adapter does
+            not say so (``outside_reads``); pruning would silently change what that part feeds.
+    """
+    declared = tuple(getattr(stack, "outside_reads", ()))
+    bad = [p for p in outside_block_calls(model, stack, run)
+           if not any(p == f"0.{d}" or p.startswith(f"0.{d}.") for d in declared)]
+    if bad:
+        raise ConfigError(f"{type(model).__name__} calls block parts {bad} from outside their blocks; pruning "
+                          "would change what they feed", where=f"stack {stack.name!r}",
+                          fix="if the model reads them from blocks[0] (the first kept block after pruning), "
+                              "declare the paths in the adapter's outside_reads (e.g. GenericBlockStack("
+                              "outside_reads=('norm1.emb',))); otherwise move them out of the blocks")
 
 
 class PixArtStack(_DiffusersStack):
@@ -211,6 +333,9 @@ class PixArtStack(_DiffusersStack):
 
     ``cond`` may be text embeddings ``[B, T, caption_channels]``; integer class labels are
     mapped to a fixed (seeded, not learned) embedding per class so labelled images can drive it.
+    Its timestep conditioning (``adaln_single``, ``scale_shift_table``) sits at model level, so
+    no block is read from outside the stack and pruning never touches the head's conditioning
+    (``check_outside_reads`` verifies this on every prune).
     """
 
     name = "pixart"
@@ -223,8 +348,8 @@ class PixArtStack(_DiffusersStack):
         added: dict[str, Any] = {"resolution": None, "aspect_ratio": None}
         if getattr(model, "use_additional_conditions", False):
             h, w = x_t.shape[-2:]
-            added = {"resolution": torch.tensor([[h * 8, w * 8]] * b, dtype=x_t.dtype),
-                     "aspect_ratio": torch.ones(b, 1, dtype=x_t.dtype)}
+            added = {"resolution": torch.tensor([[h * 8, w * 8]] * b, dtype=x_t.dtype, device=x_t.device),
+                     "aspect_ratio": torch.ones(b, 1, dtype=x_t.dtype, device=x_t.device)}
         out = model(x_t, encoder_hidden_states=cond, timestep=t, added_cond_kwargs=added).sample
         return out
 
@@ -255,6 +380,9 @@ class GenericBlockStack:
         classes: number of class labels (None: unconditional).
         null_label: the "no class" label id, or None.
         name: shown in logs and result records.
+        outside_reads: submodule paths of ``blocks[0]`` that the model calls from outside the
+            blocks (e.g. a head conditioned by ``blocks[0].emb``); after pruning they belong to
+            the first kept block, and the gated model mirrors that differentiably.
     """
 
     blocks_attr: str
@@ -264,6 +392,7 @@ class GenericBlockStack:
     classes: int | None = None
     null_label: int | None = None
     name: str = "generic"
+    outside_reads: tuple[str, ...] = ()
 
     def matches(self, model: nn.Module) -> bool:  # noqa: D102
         try:

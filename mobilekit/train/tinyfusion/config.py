@@ -11,6 +11,17 @@ from mobilekit.errors import ConfigError
 METHODS = ("learnable", "shortgpt", "flux-lite", "sensitivity", "oracle", "random", "indices")
 DELTAS = ("lora", "full", "frozen")
 RECOVERY_MODES = ("masked-kd", "kd", "finetune")
+OBJECTIVES = ("eps", "eps+vlb")
+PRECISIONS = ("fp32", "bf16")
+
+# Fields that define a run's loss: a resumed run must have the same values as its checkpoint.
+OBJECTIVE_FIELDS = ("search_loss", "gt_loss", "kd_variance", "precision", "grad_accum")
+
+
+def _common_checks(cfg: Any) -> None:
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {cfg.precision!r}", where="precision", fix=f"choose one of {PRECISIONS}")
+    _positive("grad_accum", cfg.grad_accum)
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
@@ -40,6 +51,31 @@ class _Serialisable:
                               fix=f"known fields: {sorted(known)}")
         kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()}
         return cls(**kw)
+
+
+def objective_of(config: Any) -> dict[str, Any]:
+    """The loss-defining fields of ``config`` (see ``OBJECTIVE_FIELDS``)."""
+    return {k: getattr(config, k) for k in OBJECTIVE_FIELDS if hasattr(config, k)}
+
+
+def check_resume_objective(config: Any, saved: dict[str, Any] | None, where: str) -> None:
+    """Raise when a checkpoint was written with a different objective than ``config``.
+
+    ``saved`` is the checkpoint's ``objective`` entry (None for checkpoints written before it
+    was recorded: those ran with the defaults, which must then match).
+
+    Raises:
+        ConfigError: a loss-defining field differs.
+    """
+    defaults = {f.name: f.default for f in dataclasses.fields(type(config)) if f.name in OBJECTIVE_FIELDS}
+    saved = saved if saved is not None else defaults
+    now = objective_of(config)
+    diff = {k: (saved.get(k, defaults.get(k)), v) for k, v in now.items() if saved.get(k, defaults.get(k)) != v}
+    if diff:
+        first = sorted(diff)[0]
+        raise ConfigError(f"the checkpoint was written with {first}={diff[first][0]!r} but this run has "
+                          f"{diff[first][1]!r}", where=where,
+                          fix=f"resume with the same {', '.join(sorted(diff))} (or start a new run directory)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +109,13 @@ class DepthPruneConfig(_Serialisable):
         log_every: steps between decision log entries.
         checkpoint_every: steps between resumable checkpoints (0: none).
         timesteps: diffusion timesteps of the noise schedule.
+        search_loss: ``eps`` (epsilon MSE) or ``eps+vlb`` (plus improved DDPM's VLB term on the
+            learned variance, epsilon detached: the DiT loss the paper searches with; needs a
+            model that learns sigma).
+        protect: block indices every candidate mask must keep (``learnable`` only), e.g. ``(0,)``
+            to keep the block whose embedder conditions a diffusers DiT's head.
+        precision: ``fp32`` or ``bf16`` (autocast on the training device; losses in fp32).
+        grad_accum: micro-batches of ``batch_size`` per optimizer step.
         version: config schema version.
     """
 
@@ -99,9 +142,23 @@ class DepthPruneConfig(_Serialisable):
     log_every: int = 10
     checkpoint_every: int = 0
     timesteps: int = 1000
-    version: int = field(default=1)
+    search_loss: str = "eps"
+    protect: tuple[int, ...] = ()
+    precision: str = "fp32"
+    grad_accum: int = 1
+    version: int = field(default=2)
 
     def __post_init__(self) -> None:
+        _common_checks(self)
+        if self.search_loss not in OBJECTIVES:
+            raise ConfigError(f"unknown search loss {self.search_loss!r}", where="search_loss",
+                              fix=f"choose one of {OBJECTIVES}")
+        if any(k < 0 for k in self.protect) or len(set(self.protect)) != len(self.protect):
+            raise ConfigError(f"protected blocks {self.protect} must be distinct and >= 0", where="protect",
+                              fix="list each block once, e.g. (0,)")
+        if self.protect and self.method != "learnable":
+            raise ConfigError(f"protect is only used by the learnable search, not {self.method!r}", where="protect",
+                              fix="use method='learnable', or method='indices' with the blocks you want")
         if self.method not in METHODS:
             raise ConfigError(f"unknown pruning method {self.method!r}", where="method", fix=f"choose one of {METHODS}")
         if self.delta not in DELTAS:
@@ -158,6 +215,13 @@ class DistillConfig(_Serialisable):
         log_every: steps between loss log entries.
         checkpoint_every: steps between resumable checkpoints (0: none).
         timesteps: diffusion timesteps.
+        gt_loss: ground-truth loss: ``eps`` (epsilon MSE) or ``eps+vlb`` (plus the VLB term on the
+            learned variance, the paper's L_Diff).
+        kd_variance: add variance distillation to the KD loss: ``KL(teacher p(x_{t-1}|x_t) ||
+            student p(x_{t-1}|x_t))`` in bits/dim with the student's epsilon detached (trains the
+            learned-sigma channels; the paper's KD term).
+        precision: ``fp32`` or ``bf16`` (autocast on the training device; losses in fp32).
+        grad_accum: micro-batches of ``batch_size`` per optimizer step.
         version: config schema version.
     """
 
@@ -178,9 +242,20 @@ class DistillConfig(_Serialisable):
     log_every: int = 10
     checkpoint_every: int = 0
     timesteps: int = 1000
-    version: int = field(default=1)
+    gt_loss: str = "eps"
+    kd_variance: bool = False
+    precision: str = "fp32"
+    grad_accum: int = 1
+    version: int = field(default=2)
 
     def __post_init__(self) -> None:
+        _common_checks(self)
+        if self.gt_loss not in OBJECTIVES:
+            raise ConfigError(f"unknown ground-truth loss {self.gt_loss!r}", where="gt_loss",
+                              fix=f"choose one of {OBJECTIVES}")
+        if self.kd_variance and self.mode == "finetune":
+            raise ConfigError("kd_variance needs a teacher; mode 'finetune' has none", where="kd_variance",
+                              fix="use mode='masked-kd' or 'kd', or drop kd_variance")
         if self.mode not in RECOVERY_MODES:
             raise ConfigError(f"unknown recovery mode {self.mode!r}", where="mode", fix=f"choose one of {RECOVERY_MODES}")
         for name in ("steps", "batch_size", "lr", "k_sigma", "log_every", "timesteps"):

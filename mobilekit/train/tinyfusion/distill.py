@@ -8,6 +8,12 @@ deviations from the mean (over tokens and channels) are masked. Unlike the refer
 an entry is compared only where *both* student and teacher are inside their ranges (the
 reference compares a masked value against 0 where only one side is masked). ``beta`` decays
 linearly to 0 at the last step; the learning rate follows a cosine from ``lr`` to ``lr_min``.
+
+Options (recorded in ``distill.json``'s config, checked on resume): ``gt_loss="eps+vlb"`` adds
+the VLB term on the learned variance to the ground-truth loss (the paper's L_Diff), and
+``kd_variance=True`` adds variance distillation to the KD term: ``KL(teacher || student)``
+between the two models' Gaussians ``p(x_{t-1} | x_t)`` with the student's epsilon detached,
+so it trains the student's sigma channels (see ``diffusion.variance_kd_loss``).
 """
 
 from __future__ import annotations
@@ -30,11 +36,11 @@ from mobilekit._io import atomic_path, write_json_atomic
 from mobilekit.errors import ConfigError
 from mobilekit.train import checkpoint as ckpt
 from mobilekit.train import distributed as dist
-from mobilekit.train.tinyfusion._common import ema_decay_at, force_eval, make_batch, step_generator
+from mobilekit.train.tinyfusion._common import autocast, ema_decay_at, force_eval, make_batch, step_generator, to_cpu
 from mobilekit.train.tinyfusion.blocks import BlockStack, resolve_stack
-from mobilekit.train.tinyfusion.config import DistillConfig
+from mobilekit.train.tinyfusion.config import DistillConfig, check_resume_objective, objective_of
 from mobilekit.train.tinyfusion.data import DataSource, load_data
-from mobilekit.train.tinyfusion.diffusion import NoiseSchedule, diffusion_loss
+from mobilekit.train.tinyfusion.diffusion import NoiseSchedule, learns_sigma, training_loss, variance_kd_loss
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +126,7 @@ class DistillResult:
         seconds_per_step: mean wall time of one step (s).
         config: the config envelope.
         out_dir: where the model and ``distill.json`` were written.
+        device: the device it trained on.
     """
 
     model: nn.Module
@@ -129,13 +136,51 @@ class DistillResult:
     seconds_per_step: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
     out_dir: Path | None = None
+    device: str = "cpu"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record (everything but the model)."""
         return {"steps": self.steps, "pairs": [list(p) for p in self.pairs], "log": self.log,
-                "seconds_per_step": self.seconds_per_step, "config": self.config,
+                "seconds_per_step": self.seconds_per_step, "config": self.config, "device": self.device,
                 "seed": self.config.get("data", {}).get("seed"), "model_class": type(self.model).__name__,
                 "toolchain": toolchain_versions()}
+
+
+def _device_of(module: nn.Module) -> torch.device | None:
+    p = next(module.parameters(), None)
+    return None if p is None else p.device
+
+
+def _recovery_loss(config: DistillConfig, stack: BlockStack, student: nn.Module, teacher: nn.Module | None,
+                   b: Any, schedule: NoiseSchedule, channels: int, pairs: list[tuple[int, int]],
+                   cap_s: _Capture | None, cap_t: _Capture | None,
+                   beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, ground truth, kd, hidden-state)`` of one micro-batch (losses in fp32)."""
+    dev = b.x_t.device
+    with autocast(dev, config.precision):
+        pred = stack.predict(student, b.x_t, b.t, b.cond)
+    pred = pred.float()
+    if (config.gt_loss == "eps+vlb" or config.kd_variance) and not learns_sigma(pred, channels):
+        field_name = "gt_loss" if config.gt_loss == "eps+vlb" else "kd_variance"
+        raise ConfigError(f"{field_name} needs a model that learns its variance ({2 * channels} output channels), "
+                          f"the student has {pred.shape[1]}", where=field_name,
+                          fix="use gt_loss='eps' and kd_variance=False")
+    gt = training_loss(pred, b.noise, b.x0, b.x_t, b.t, schedule, config.gt_loss)
+    kd = rep = torch.zeros((), device=dev)
+    if config.mode == "finetune" or teacher is None:
+        return gt, gt, kd, rep
+    with torch.no_grad(), autocast(dev, config.precision):
+        pred_t = stack.predict(teacher, b.x_t, b.t, b.cond)
+    pred_t = pred_t.float()
+    kd = F.mse_loss(pred, pred_t)
+    if config.kd_variance:
+        kd = kd + variance_kd_loss(pred, pred_t, b.x_t, b.t, schedule)
+    loss = config.alpha_kd * kd + config.alpha_gt * gt
+    if pairs and cap_s is not None and cap_t is not None:
+        rep = torch.stack([masked_hidden_mse(cap_s.out[s].float(), cap_t.out[t].float(), config.k_sigma)
+                           for s, t in pairs]).mean()
+        loss = loss + beta * rep
+    return loss, gt, kd, rep
 
 
 def _lr_at(config: DistillConfig, step: int) -> float:
@@ -147,10 +192,12 @@ def _lr_at(config: DistillConfig, step: int) -> float:
 def distill(student: nn.Module, teacher: nn.Module | None, data: str | Path | DataSource,
             config: DistillConfig | None = None, *, kept: Sequence[int] | None = None,
             groups: Sequence[Sequence[int]] | None = None, stack: BlockStack | None = None,
-            out_dir: Path | None = None, on_progress: ProgressFn | None = None) -> DistillResult:
+            out_dir: Path | None = None, on_progress: ProgressFn | None = None,
+            device: str | torch.device | None = None) -> DistillResult:
     """Recover a pruned ``student`` by (masked) distillation from ``teacher``, or plain fine-tuning.
 
-    Neither model is changed: the student is trained on a copy. Under ``torchrun`` this is
+    Neither model is changed: the student is trained on a copy (the teacher is moved to the
+    training device for the run and moved back afterwards). Under ``torchrun`` this is
     data-parallel (DDP) and only rank 0 writes. With ``out_dir`` and ``checkpoint_every``, a
     killed run started again with the same arguments resumes from its last checkpoint.
 
@@ -164,6 +211,9 @@ def distill(student: nn.Module, teacher: nn.Module | None, data: str | Path | Da
         stack: block-stack adapter (default: detected).
         out_dir: writes ``model/`` (save_pretrained), ``distill.json`` and checkpoints.
         on_progress: ``(stage, done, total)`` callback.
+        device: where to train (default: CUDA when available, else CPU; under ``torchrun`` on
+            CUDA, this process's GPU). The returned model lives there; checkpoints are saved on
+            the CPU, so a run resumes on any device.
 
     Returns:
         The recovered model and its loss log.
@@ -180,9 +230,10 @@ def distill(student: nn.Module, teacher: nn.Module | None, data: str | Path | Da
                               fix="pass the unpruned model, or use mode='finetune'")
         resolve_stack(teacher, stack)
     source = load_data(data, stack.input_shape(student))
-    ctx = dist.init_distributed("cpu")
+    ctx = dist.init_distributed(None if device is None else str(device))
+    dev = torch.device(ctx.device)
     torch.manual_seed(config.seed)
-    model = force_eval(copy.deepcopy(student))
+    model = force_eval(copy.deepcopy(student)).to(dev)
     for p in model.parameters():
         p.requires_grad_(True)
     ema = copy.deepcopy(model) if config.ema_decay > 0 else None
@@ -197,6 +248,7 @@ def distill(student: nn.Module, teacher: nn.Module | None, data: str | Path | Da
     if out_dir is not None and config.checkpoint_every:
         state = ckpt.load_latest(out_dir)
         if state is not None:
+            check_resume_objective(config, state.get("objective"), where=str(out_dir))
             model.load_state_dict(state["model"])
             if ema is not None:
                 ema.load_state_dict(state["ema"])
@@ -211,8 +263,11 @@ def distill(student: nn.Module, teacher: nn.Module | None, data: str | Path | Da
     cap_t = _Capture(stack.blocks(teacher), [t for _, t in pairs]) if pairs and teacher is not None else None
     elapsed, timed = 0.0, 0
     teacher_was_training = teacher.training if teacher is not None else False
+    teacher_device = _device_of(teacher) if teacher is not None else None
     if teacher is not None:
         teacher.eval()  # no hidden label dropout; restored below
+        teacher.to(dev)
+    channels = stack.input_shape(student)[0]
     try:
         for step in range(start, config.steps):
             t0 = time.perf_counter()
@@ -221,23 +276,19 @@ def distill(student: nn.Module, teacher: nn.Module | None, data: str | Path | Da
                 g["lr"] = lr
             beta = config.beta * (1 - step / (config.steps - 1)) if config.steps > 1 else 0.0
             gen = step_generator(config.seed, ctx.rank, step, salt=1)
-            b = make_batch(source, schedule, config.batch_size, gen, null_class=null, label_dropout=config.label_dropout)
-            pred = stack.predict(wrapped, b.x_t, b.t, b.cond)
-            gt = diffusion_loss(pred, b.noise)
-            kd = rep = torch.zeros(())
-            if config.mode != "finetune":
-                with torch.no_grad():
-                    pred_t = stack.predict(teacher, b.x_t, b.t, b.cond)
-                kd = F.mse_loss(pred, pred_t)
-                loss = config.alpha_kd * kd + config.alpha_gt * gt
-                if pairs and cap_s is not None and cap_t is not None:
-                    rep = torch.stack([masked_hidden_mse(cap_s.out[s], cap_t.out[t], config.k_sigma)
-                                       for s, t in pairs]).mean()
-                    loss = loss + beta * rep
-            else:
-                loss = gt
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            parts: dict[str, torch.Tensor] = {}
+            for _ in range(config.grad_accum):  # one generator per step: micro-batch 0 is the unaccumulated batch
+                b = make_batch(source, schedule, config.batch_size, gen, null_class=null,
+                               label_dropout=config.label_dropout).to(dev)
+                loss, gt, kd, rep = _recovery_loss(config, stack, wrapped, teacher, b, schedule, channels, pairs,
+                                                   cap_s, cap_t, beta)
+                scale = config.grad_accum
+                (loss / scale if scale > 1 else loss).backward()
+                for name, v in (("loss", loss), ("gt", gt), ("kd", kd), ("rep", rep)):
+                    v = v.detach() / scale if scale > 1 else v.detach()
+                    parts[name] = v if name not in parts else parts[name] + v
+            loss, gt, kd, rep = parts["loss"], parts["gt"], parts["kd"], parts["rep"]
             mean_loss = float(dist.all_reduce_mean(loss, ctx))
             if math.isfinite(mean_loss):
                 if config.grad_clip:
@@ -257,15 +308,17 @@ def distill(student: nn.Module, teacher: nn.Module | None, data: str | Path | Da
                             "beta": beta, "lr": lr})
             if out_dir is not None and config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
                 if ctx.is_main:
-                    ckpt.save_checkpoint(out_dir, step + 1, {
+                    ckpt.save_checkpoint(out_dir, step + 1, to_cpu({
                         "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else {},
-                        "optimizer": opt.state_dict(), "log": log})
+                        "optimizer": opt.state_dict(), "log": log, "objective": objective_of(config)}))
                 dist.barrier(ctx)
             if on_progress is not None:
                 on_progress(config.mode, step + 1, config.steps)
     finally:
         if teacher is not None:
             teacher.train(teacher_was_training)
+            if teacher_device is not None:
+                teacher.to(teacher_device)
         for cap in (cap_s, cap_t):
             if cap is not None:
                 cap.remove()
@@ -273,7 +326,8 @@ def distill(student: nn.Module, teacher: nn.Module | None, data: str | Path | Da
     for p in final.parameters():
         p.requires_grad_(False)
     result = DistillResult(model=final, steps=config.steps, pairs=pairs, log=log,
-                           seconds_per_step=elapsed / max(timed, 1), config=config.to_dict(), out_dir=out_dir)
+                           seconds_per_step=elapsed / max(timed, 1), config=config.to_dict(), out_dir=out_dir,
+                           device=str(dev))
     if out_dir is not None and ctx.is_main:
         with atomic_path(out_dir / "model") as tmp:
             final.save_pretrained(str(tmp), safe_serialization=True)

@@ -9,14 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from mobilekit._deps import toolchain_versions
+from mobilekit.errors import ConfigError
 from mobilekit.train import distributed as dist
 from mobilekit.train.tinyfusion import masks as mk
 from mobilekit.train.tinyfusion._common import calibration_batches, calibration_loss, force_eval
 from mobilekit.train.tinyfusion.baselines import choose_baseline
-from mobilekit.train.tinyfusion.blocks import BlockStack, gated_copy, resolve_stack
+from mobilekit.train.tinyfusion.blocks import BlockStack, check_outside_reads, gated_copy, resolve_stack
 from mobilekit.train.tinyfusion.config import DepthPruneConfig
 from mobilekit.train.tinyfusion.data import DataSource, load_data
 from mobilekit.train.tinyfusion.surgery import build_pruned, save_pruned
@@ -46,6 +48,7 @@ class PruneResult:
         config: the config envelope.
         data: name of the data source.
         out_dir: where the model and ``prune.json`` were written (None: not saved).
+        device: the device the search and calibration ran on.
     """
 
     model: nn.Module
@@ -62,6 +65,7 @@ class PruneResult:
     config: dict[str, Any] = field(default_factory=dict)
     data: str = ""
     out_dir: Path | None = None
+    device: str = "cpu"
 
     @property
     def groups(self) -> list[list[int]]:
@@ -75,12 +79,13 @@ class PruneResult:
                 "calibration_loss": self.calibration_loss, "confidences": self.confidences, "scores": self.scores,
                 "log": self.log, "seconds": self.seconds, "search_seconds_per_step": self.search_seconds_per_step,
                 "seed": self.config.get("data", {}).get("seed"), "config": self.config, "data": self.data,
+                "device": self.device,
                 "model_class": type(self.model).__name__, "toolchain": toolchain_versions()}
 
 
 def prune_depth(model: nn.Module, data: str | Path | DataSource, config: DepthPruneConfig | None = None, *,
                 stack: BlockStack | None = None, out_dir: Path | None = None,
-                on_progress: ProgressFn | None = None) -> PruneResult:
+                on_progress: ProgressFn | None = None, device: str | torch.device | None = None) -> PruneResult:
     """Choose which transformer blocks to keep and build the shallower model.
 
     ``model`` is not changed. Under ``torchrun`` every process runs this call; the search is
@@ -95,13 +100,16 @@ def prune_depth(model: nn.Module, data: str | Path | DataSource, config: DepthPr
         out_dir: if given, writes ``model/`` (save_pretrained), ``prune.json``, ``decisions.png``
             (learnable) and resumable checkpoints (``config.checkpoint_every``).
         on_progress: ``(stage, done, total)`` callback.
+        device: where to search and calibrate (default: CUDA when available, else CPU; under
+            ``torchrun`` on CUDA, this process's GPU). The returned model lives there.
 
     Returns:
         The pruned model and its record.
 
     Raises:
-        ConfigError: the pattern does not divide the depth, the model is unsupported, or the
-            data does not fit the model.
+        ConfigError: the pattern does not divide the depth, the model is unsupported, the
+            model runs block parts from outside the blocks that its adapter does not declare,
+            or the data does not fit the model.
 
     Example:
         >>> res = prune_depth(dit, "digits", DepthPruneConfig(pattern="1:2", steps=50))
@@ -113,9 +121,21 @@ def prune_depth(model: nn.Module, data: str | Path | DataSource, config: DepthPr
     depth = len(stack.blocks(model))
     pattern = mk.parse_pattern(config.pattern, depth)
     source = load_data(data, stack.input_shape(model))
-    ctx = dist.init_distributed("cpu")
+    bad = [k for k in config.protect if k >= depth]
+    if bad:
+        raise ConfigError(f"protected blocks {bad} are outside the model's {depth} blocks", where="protect",
+                          fix=f"use indices in 0..{depth - 1}")
+    ctx = dist.init_distributed(None if device is None else str(device))
+    dev = torch.device(ctx.device)
     out_dir = Path(out_dir) if out_dir is not None else None
     batches = calibration_batches(source, _schedule(config), config.calib_samples, config.seed, stack.null_class(model))
+    # A model that runs part of a block from outside the stack (the diffusers DiT head reads
+    # transformer_blocks[0].norm1.emb) must say so in its adapter, or pruning changes it silently.
+    probe = batches[0].to(next(model.parameters()).device)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        check_outside_reads(model, stack, lambda: stack.predict(model, probe.x_t[:2], probe.t[:2],
+                                                                None if probe.cond is None else probe.cond[:2]))
+    batches = [b.to(dev) for b in batches]
     confidences: list[float] | None = None
     scores: dict[str, list[float]] = {}
     log: list[dict[str, Any]] = []
@@ -124,21 +144,22 @@ def prune_depth(model: nn.Module, data: str | Path | DataSource, config: DepthPr
         from mobilekit.train.tinyfusion.search import learn_mask
 
         outcome = learn_mask(model, stack, source, pattern, config,
-                             run_dir=out_dir if config.checkpoint_every else None, ctx=ctx, on_progress=on_progress)
+                             run_dir=out_dir if config.checkpoint_every else None, ctx=ctx, on_progress=on_progress,
+                             device=dev)
         kept, confidences, log, per_step = outcome.kept, outcome.confidences, outcome.log, outcome.seconds_per_step
         kept = dist.broadcast_object(kept, ctx)
     else:
         gated, state = gated_copy(model, stack)
-        force_eval(gated)
+        force_eval(gated.to(dev))
         kept, scores = choose_baseline(config.method, gated, stack, state, batches, pattern, kept=config.kept,
                                        trials=config.random_trials, seed=config.seed, on_progress=on_progress)
     pruned = build_pruned(model, kept, stack)
-    force_eval(pruned)
+    force_eval(pruned.to(dev))
     calib = calibration_loss(pruned, stack, batches)
     result = PruneResult(model=pruned, kept=kept, depth_before=depth, method=config.method,
                          pattern=[[n, m] for n, m in pattern], calibration_loss=calib, confidences=confidences,
                          scores=scores, log=log, search_seconds_per_step=per_step, config=config.to_dict(),
-                         data=source.name, out_dir=out_dir)
+                         data=source.name, out_dir=out_dir, device=str(dev))
     result.seconds = time.perf_counter() - t_start
     logger.info("kept %d of %d blocks: %s (calibration loss %.4f)", len(kept), depth, kept, calib)
     if out_dir is not None and ctx.is_main:

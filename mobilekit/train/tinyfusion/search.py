@@ -24,11 +24,11 @@ from mobilekit.errors import ConfigError
 from mobilekit.train import checkpoint as ckpt
 from mobilekit.train import distributed as dist
 from mobilekit.train.tinyfusion import masks as mk
-from mobilekit.train.tinyfusion._common import ema_decay_at, force_eval, make_batch, step_generator
+from mobilekit.train.tinyfusion._common import autocast, ema_decay_at, force_eval, make_batch, step_generator, to_cpu
 from mobilekit.train.tinyfusion.blocks import BlockStack, GateState, gated_copy
-from mobilekit.train.tinyfusion.config import DepthPruneConfig
+from mobilekit.train.tinyfusion.config import DepthPruneConfig, check_resume_objective, objective_of
 from mobilekit.train.tinyfusion.data import DataSource
-from mobilekit.train.tinyfusion.diffusion import NoiseSchedule, diffusion_loss
+from mobilekit.train.tinyfusion.diffusion import NoiseSchedule, learns_sigma, training_loss
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +39,14 @@ class GateSearchModule(nn.Module):
     """The model under search: gated blocks, ΔΦ, and one gate-logit row per group."""
 
     def __init__(self, model: nn.Module, stack: BlockStack, state: GateState, pattern: mk.Pattern,
-                 gate_init: float) -> None:
+                 gate_init: float, protect: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.model = model
         object.__setattr__(self, "_stack", stack)
         object.__setattr__(self, "_state", state)
         self.pattern = pattern
-        opts = [mk.candidate_masks(n, m) for n, m in pattern]
+        opts = [protected_candidates(n, m, rng, protect) for (n, m), rng in zip(pattern, mk.group_ranges(pattern),
+                                                                             strict=True)]
         for i, o in enumerate(opts):
             self.register_buffer(f"options_{i}", o, persistent=False)
         self.gates = nn.ParameterList([nn.Parameter(torch.full((o.shape[0],), float(gate_init))) for o in opts])
@@ -65,6 +66,22 @@ class GateSearchModule(nn.Module):
         finally:
             self._state.masks = None
         return pred, masks
+
+
+def protected_candidates(n: int, m: int, rng: range, protect: tuple[int, ...]) -> torch.Tensor:
+    """The group's candidate masks that keep every protected block of ``rng``.
+
+    Raises:
+        ConfigError: the group must keep more protected blocks than its N.
+    """
+    opts = mk.candidate_masks(n, m)
+    local = [i - rng.start for i in protect if i in rng]
+    if not local:
+        return opts
+    if len(local) > n:
+        raise ConfigError(f"group {list(rng)} keeps {n} blocks but {len(local)} are protected", where="protect",
+                          fix="protect at most N blocks per group")
+    return opts[opts[:, local].sum(dim=1) == len(local)]
 
 
 def _linear_names(model: nn.Module, suffixes: tuple[str, ...]) -> list[str]:
@@ -126,7 +143,7 @@ class SearchOutcome:
 
 def learn_mask(model: nn.Module, stack: BlockStack, data: DataSource, pattern: mk.Pattern,
                config: DepthPruneConfig, *, run_dir: Path | None = None, ctx: dist.DistContext | None = None,
-               on_progress: ProgressFn | None = None) -> SearchOutcome:
+               on_progress: ProgressFn | None = None, device: str | torch.device | None = None) -> SearchOutcome:
     """Run the learnable search on a copy of ``model`` (``model`` is not changed).
 
     Args:
@@ -139,15 +156,20 @@ def learn_mask(model: nn.Module, stack: BlockStack, data: DataSource, pattern: m
             checkpoint there is resumed.
         ctx: distributed context (default: one process).
         on_progress: ``(stage, done, total)`` callback, called after every step.
+        device: where to train (default: the context's device). Batches and Gumbel noise are
+            drawn on the CPU and moved, so a seed gives the same draws on every device.
 
     Returns:
         The decision, confidences and the decision log.
     """
     ctx = ctx or dist.DistContext()
+    dev = torch.device(device if device is not None else ctx.device)
     torch.manual_seed(config.seed)
     clone, state = gated_copy(model, stack)
+    clone.to(dev)
     delta_params = attach_delta(clone, config)
-    module = GateSearchModule(clone, stack, state, pattern, config.gate_init)
+    module = GateSearchModule(clone, stack, state, pattern, config.gate_init, tuple(config.protect))
+    module.to(dev)
     force_eval(module)
     groups = [{"params": list(module.gates), "lr": config.effective_gate_lr}]
     if delta_params:
@@ -159,12 +181,13 @@ def learn_mask(model: nn.Module, stack: BlockStack, data: DataSource, pattern: m
     if run_dir is not None and config.checkpoint_every:
         state_ck = ckpt.load_latest(run_dir)
         if state_ck is not None:
+            check_resume_objective(config, state_ck.get("objective"), where=str(run_dir))
             trainable = dict(module.named_parameters())
             with torch.no_grad():
                 for name, value in state_ck["trainable"].items():
                     trainable[name].copy_(value)
             opt.load_state_dict(state_ck["optimizer"])
-            ema = [e.clone() for e in state_ck["ema_gates"]]
+            ema = [e.to(dev).clone() for e in state_ck["ema_gates"]]
             log = list(state_ck["log"])
             start = int(state_ck["step"])
             logger.info("resumed the search at step %d from %s", start, run_dir)
@@ -176,14 +199,26 @@ def learn_mask(model: nn.Module, stack: BlockStack, data: DataSource, pattern: m
     for step in range(start, config.steps):
         t0 = time.perf_counter()
         gen = step_generator(config.seed, ctx.rank, step)
-        batch = make_batch(data, schedule, config.batch_size, gen, null_class=null, label_dropout=config.label_dropout)
-        gumbel = [mk.sample_gumbel((config.batch_size, o.shape[0]), gen) for o in module.options]
         tau = mk.linear_schedule(*config.tau_range, step, config.steps)
         scaling = mk.linear_schedule(*config.scaling_range, step, config.steps)
-        pred, _ = wrapped(batch.x_t, batch.t, batch.cond, gumbel, tau, scaling)
-        loss = diffusion_loss(pred, batch.noise)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total = None
+        for _ in range(config.grad_accum):  # one generator per step: micro-batch 0 is the unaccumulated batch
+            batch = make_batch(data, schedule, config.batch_size, gen, null_class=null,
+                               label_dropout=config.label_dropout).to(dev)
+            gumbel = [mk.sample_gumbel((config.batch_size, o.shape[0]), gen).to(dev) for o in module.options]
+            with autocast(dev, config.precision):
+                pred, _ = wrapped(batch.x_t, batch.t, batch.cond, gumbel, tau, scaling)
+            pred = pred.float()
+            if config.search_loss == "eps+vlb" and not learns_sigma(pred, batch.x0.shape[1]):
+                raise ConfigError("search_loss 'eps+vlb' needs a model that learns its variance "
+                                  f"({2 * batch.x0.shape[1]} output channels), this one has {pred.shape[1]}",
+                                  where="search_loss", fix="use search_loss='eps'")
+            loss = training_loss(pred, batch.noise, batch.x0, batch.x_t, batch.t, schedule, config.search_loss)
+            micro = loss / config.grad_accum if config.grad_accum > 1 else loss
+            micro.backward()
+            total = micro.detach() if total is None else total + micro.detach()
+        loss = total
         mean_loss = float(dist.all_reduce_mean(loss, ctx))
         if math.isfinite(mean_loss):
             if config.grad_clip:
@@ -207,8 +242,9 @@ def learn_mask(model: nn.Module, stack: BlockStack, data: DataSource, pattern: m
         if run_dir is not None and config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
             if ctx.is_main:
                 trainable = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
-                ckpt.save_checkpoint(run_dir, step + 1, {"trainable": trainable, "optimizer": opt.state_dict(),
-                                                         "ema_gates": [e.clone() for e in ema], "log": log})
+                ckpt.save_checkpoint(run_dir, step + 1, to_cpu({
+                    "trainable": trainable, "optimizer": opt.state_dict(), "ema_gates": [e.clone() for e in ema],
+                    "log": log, "objective": objective_of(config)}))
             dist.barrier(ctx)
         if on_progress is not None:
             on_progress("search", step + 1, config.steps)
