@@ -109,8 +109,8 @@ def _markdown(cells: list[dict[str, Any]], recipes: list[str], command: str) -> 
     if old:
         n_old = sum(bool(c.get("from_run")) for c in cells)
         new = [c for c in cells if not c.get("from_run")]
-        lines += ["", f"† {n_old} cells are kept from an earlier run ({', '.join(old)}), made with earlier code "
-                      "(one-input parity); they were not re-run here. The cells re-run now: "
+        lines += ["", f"† {n_old} cells are kept from an earlier run ({', '.join(old)}), made with earlier "
+                      "code; they were not re-run here. The cells re-run now: "
                       f"{sum(c['status'] == 'pass' for c in new)} of {len(new)} pass."]
     problems = [c for c in cells if c["status"] != "pass"]
     if problems:
