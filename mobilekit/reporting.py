@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import html as _html
+from typing import Any
+
 from mobilekit.artifact import Artifact
 from mobilekit.build_result import BuildResult
 from mobilekit.profiling.html import render_html
 from mobilekit.profiling.markdown import render_markdown
 
 
+def _not_run(check: Any) -> str:
+    """A parity record that has no numbers, in words: why it was not run, else its status."""
+    return check.reason or check.status
+
+
 def parity_text(a: Artifact) -> str:
     """One artifact's parity in words: status, worst cosine and PSNR, over how many inputs."""
     p = a.parity
     if p.status == "not-run" or p.cosine is None:
-        return p.reason or p.status
+        return _not_run(p)
     return f"{p.status} (cos {p.cosine:.5f}, {p.psnr_db:.1f} dB" + (
         f", worst of {p.inputs} inputs)" if p.inputs > 1 else ")")
 
@@ -24,7 +31,7 @@ def sampling_text(a: Artifact) -> str:
     if s is None:
         return "–"
     if s.status == "not-run" or s.cosine is None:
-        return s.reason or s.status
+        return _not_run(s)
     return f"{s.status} (cos {s.cosine:.5f}, {s.psnr_db:.1f} dB after {s.steps} {s.scheduler} steps)"
 
 
@@ -34,7 +41,7 @@ def images_text(a: Artifact) -> str:
     if im is None:
         return "–"
     if im.status == "not-run" or im.psnr_db is None:
-        return im.reason or im.status
+        return _not_run(im)
     return (f"{im.status} ({im.psnr_db:.1f} dB, at most {im.max_level_diff} levels off, "
             f"{im.levels_off_pct:.2f}% > 1 level)")
 

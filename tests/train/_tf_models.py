@@ -119,3 +119,15 @@ def head_reads_adapter(declare: bool = True) -> GenericBlockStack:
     """The adapter for :class:`HeadReadsFirstBlock` (declaring its outside read of ``emb`` or not)."""
     return GenericBlockStack(blocks_attr="blocks", predict_fn=lambda m, x, t, y: m(x, t), sample_shape=(4, 4, 4),
                              depth_key="depth", name="head-reads", outside_reads=("emb",) if declare else ())
+
+
+class StopTraining(Exception):
+    """Raised by ``stop_at`` to interrupt a run the way a killed process would (for resume tests)."""
+
+
+def stop_at(k: int):  # noqa: ANN201
+    """An ``on_progress`` callback that raises ``StopTraining`` once ``done`` reaches ``k``."""
+    def cb(stage: str, done: int, total: int) -> None:
+        if done == k:
+            raise StopTraining
+    return cb

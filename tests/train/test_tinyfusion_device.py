@@ -15,18 +15,7 @@ import torch
 from mobilekit.cli.main import main
 from mobilekit.train import DepthPruneConfig, DistillConfig, build_pruned, distill, prune_depth
 from mobilekit.train.tinyfusion.blocks import DiTStack
-from tests.train._tf_models import tiny_dit, tiny_dit_sigma
-
-
-class _Stop(Exception):
-    pass
-
-
-def _stop_at(k: int):  # noqa: ANN202
-    def cb(stage: str, done: int, total: int) -> None:
-        if done == k:
-            raise _Stop
-    return cb
+from tests.train._tf_models import StopTraining, stop_at, tiny_dit, tiny_dit_sigma
 
 
 def _cfg(**kw: object) -> DepthPruneConfig:
@@ -55,8 +44,8 @@ def test_search_on_cpu_with_bf16_and_accumulation_resumes_from_a_cpu_loadable_ch
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in full.log)
     plain = prune_depth(model, "digits", _cfg(), device="cpu")
     assert full.log[0]["loss"] != plain.log[0]["loss"]  # two micro-batches in bf16, not one in fp32
-    with pytest.raises(_Stop):
-        prune_depth(model, "digits", cfg, out_dir=tmp_path / "b", on_progress=_stop_at(2), device="cpu")
+    with pytest.raises(StopTraining):
+        prune_depth(model, "digits", cfg, out_dir=tmp_path / "b", on_progress=stop_at(2), device="cpu")
     ck = torch.load(tmp_path / "b" / "checkpoints" / "step-00000002.pt", map_location="cpu", weights_only=True)
     assert _all_cpu(ck) and ck["objective"] == {"search_loss": "eps", "precision": "bf16", "grad_accum": 2}
     resumed = prune_depth(model, "digits", cfg, out_dir=tmp_path / "b", device="cpu")

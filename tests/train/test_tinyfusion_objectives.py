@@ -22,18 +22,7 @@ from mobilekit.train.tinyfusion.data import digits
 from mobilekit.train.tinyfusion.diffusion import (NoiseSchedule, diffusion_loss, training_loss, variance_kd_loss,
                                                   vlb_loss)
 from mobilekit.train.tinyfusion.distill import _recovery_loss
-from tests.train._tf_models import tiny_dit, tiny_dit_sigma
-
-
-class _Stop(Exception):
-    pass
-
-
-def _stop_at(k: int):  # noqa: ANN202
-    def cb(stage: str, done: int, total: int) -> None:
-        if done == k:
-            raise _Stop
-    return cb
+from tests.train._tf_models import StopTraining, stop_at, tiny_dit, tiny_dit_sigma
 
 
 def _batch(n: int = 8, seed: int = 0, t0: bool = True):  # noqa: ANN202
@@ -120,8 +109,8 @@ def test_search_with_vlb_is_recorded_and_resumes_with_it(tmp_path: Path) -> None
     record = json.loads((tmp_path / "a" / "prune.json").read_text())
     assert record["config"]["data"]["search_loss"] == "eps+vlb" and record["device"] == "cpu"
     assert DepthPruneConfig.from_dict(record["config"]) == cfg
-    with pytest.raises(_Stop):
-        prune_depth(model, "digits", cfg, out_dir=tmp_path / "b", on_progress=_stop_at(2), device="cpu")
+    with pytest.raises(StopTraining):
+        prune_depth(model, "digits", cfg, out_dir=tmp_path / "b", on_progress=stop_at(2), device="cpu")
     ck = torch.load(tmp_path / "b" / "checkpoints" / "step-00000002.pt", map_location="cpu", weights_only=True)
     assert ck["objective"]["search_loss"] == "eps+vlb"
     with pytest.raises(ConfigError, match="search_loss='eps\\+vlb'") as exc:
@@ -154,8 +143,8 @@ def test_masked_kd_with_variance_terms_is_recorded_and_resumes_with_them(tmp_pat
     rec = json.loads((tmp_path / "a" / "distill.json").read_text())
     assert rec["config"]["data"]["gt_loss"] == "eps+vlb" and rec["config"]["data"]["kd_variance"] is True
     assert rec["device"] == "cpu"
-    with pytest.raises(_Stop):
-        distill(student, teacher, "digits", cfg, out_dir=tmp_path / "b", on_progress=_stop_at(2), device="cpu", **kw)
+    with pytest.raises(StopTraining):
+        distill(student, teacher, "digits", cfg, out_dir=tmp_path / "b", on_progress=stop_at(2), device="cpu", **kw)
     with pytest.raises(ConfigError, match="kd_variance"):
         distill(student, teacher, "digits", DistillConfig(steps=4, batch_size=4, checkpoint_every=1, log_every=1,
                                                           gt_loss="eps+vlb"), out_dir=tmp_path / "b", **kw)

@@ -10,11 +10,7 @@ import torch
 from mobilekit.errors import ConfigError
 from mobilekit.train import DepthPruneConfig, prune_depth
 from mobilekit.train.tinyfusion.data import DataSource, digits
-from tests.train._tf_models import tiny_dit
-
-
-class _Stop(Exception):
-    pass
+from tests.train._tf_models import StopTraining, tiny_dit
 
 
 def _cfg(**kw: object) -> DepthPruneConfig:
@@ -61,9 +57,9 @@ def test_search_killed_after_k_steps_resumes_to_the_same_result(tmp_path: Path) 
 
     def stop_at_4(stage: str, done: int, total: int) -> None:
         if done == 4:
-            raise _Stop
+            raise StopTraining
 
-    with pytest.raises(_Stop):
+    with pytest.raises(StopTraining):
         prune_depth(model, "digits", cfg, out_dir=tmp_path / "b", on_progress=stop_at_4)
     assert (tmp_path / "b" / "checkpoints" / "step-00000004.pt").is_file()
     steps: list[int] = []
