@@ -255,6 +255,7 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
     from mobilekit.converters._torch_common import input_names_of, prepared_model
 
     model = prepared_model(model)  # no copy of an eval-mode model: real sizes can't afford two
+    float_model = model  # before any output wrapper: module paths in messages are the user's
     _check_fits(model, plans)
     try:
         with torch.no_grad():
@@ -316,6 +317,8 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
         else:
             to_build.append(i)
 
+    simulated = _preflight_int8(float_model, plans, to_build, feeds, references, cal, tolerances) if verify else {}
+
     # the reference loop runs the model N times: only worth it when an artifact is built, not served
     sample_ref = (reference_trajectory(model, example, sampling)
                   if sampling is not None and verify and to_build else None)
@@ -328,6 +331,8 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
                               f"{parity.max_abs_error:.3g}", where=plans[i].recipe.name,
                               fix="loosen the tolerance (--tolerance), use calibration data, choose a higher "
                                   "precision, or pass --no-verify")
+        if i in simulated:
+            record["notes"] = [*record["notes"], simulated[i]]
         records[i] = (record, cache.commit(workdir, plans[i].key, record), False)
 
     done = len(records)
@@ -458,6 +463,40 @@ def _parity_feeds(model: torch.nn.Module, example: tuple[torch.Tensor, ...], ref
         feeds.append(feed)
         references.append([t.detach().float().numpy() for t in out])
     return feeds, references
+
+
+def _preflight_int8(model: torch.nn.Module, plans: Sequence[Any], to_build: Sequence[int],
+                    feeds: Sequence[tuple[torch.Tensor, ...]], references: Sequence[list[np.ndarray]],
+                    calibration: list[tuple[torch.Tensor, ...]] | None,
+                    tolerances: Mapping[str, Mapping[str, float]] | None) -> dict[int, str]:
+    """Refuse, before any conversion, an int8 recipe the model loses its floor on in PyTorch itself.
+
+    Returns a note per simulated recipe (recorded with its artifact): for Core ML, which cannot run
+    off macOS, the simulation is the only numeric check the artifact gets here.
+    """
+    from mobilekit.quant_sim import simulate
+
+    notes: dict[int, str] = {}
+    done: dict[tuple[str, str], Any] = {}
+    for i in to_build:
+        recipe = plans[i].recipe
+        if not recipe.precision.startswith("int8"):
+            continue
+        key = (recipe.format, recipe.precision)
+        if key not in done:
+            done[key] = simulate(model, feeds, references, fmt=recipe.format, precision=recipe.precision,
+                                 tolerance=tolerance_for(recipe.precision, tolerances), calibration=calibration)
+        sim = done[key]
+        if sim is None:
+            continue
+        if not sim.passed:
+            raise ConfigError(sim.explain(), where=f"{'/'.join(plans[i].targets)}/{recipe.name}",
+                              fix="choose a higher precision (fp16/fp32) for this model, calibrate on "
+                                  "representative data (int8-static), loosen the tolerance (--tolerance), "
+                                  "or pass --no-verify to build it unchecked")
+        notes[i] = (f"PyTorch int8 simulation ({sim.scheme}): cosine {sim.parity.cosine:.6f}, "
+                    f"PSNR {sim.parity.psnr_db:.1f} dB")
+    return notes
 
 
 def _check_fits(model: torch.nn.Module, plans: Sequence[Any]) -> None:

@@ -70,17 +70,25 @@ def _scale_sensitive_mlp() -> torch.nn.Module:
 
 
 @pytest.mark.backend_onnx
-def test_out_of_range_parity_inputs_catch_what_the_example_alone_misses(tmp_path):
+def test_out_of_range_parity_inputs_catch_what_the_example_alone_misses(tmp_path, monkeypatch):
     """int8-static scales fitted on unit-scale data clip 20× larger inputs: only held-out parity sees it."""
     model, example = _scale_sensitive_mlp(), (torch.randn(4, 32),)
     calibration = held_out_inputs(example, 8, seed=5)
     ok = mobilekit.export(model, example, targets=["pixel-8"], formats=["onnx"], precision="int8-static",
                           calibration=calibration, parity_samples=1, out_dir=tmp_path / "a", use_cache=False)
     assert ok.artifacts[0].parity.status == "pass" and ok.artifacts[0].parity.inputs == 1
-    with pytest.raises(ParityError) as info:
+    # the PyTorch int8 simulation clips them as the artifact would: refused before any conversion
+    with pytest.raises(ConfigError) as info:
         mobilekit.export(model, example, targets=["pixel-8"], formats=["onnx"], precision="int8-static",
                          calibration=calibration, parity_inputs=[(torch.randn(4, 32) * 20,)],
                          out_dir=tmp_path / "b", use_cache=False)
+    assert "input 1 of 2" in str(info.value) and "before any conversion" in str(info.value)
+    assert not (tmp_path / "b" / "manifest.json").exists()
+    monkeypatch.setattr("mobilekit.quant_sim.simulate", lambda *a, **k: None)
+    with pytest.raises(ParityError) as info:  # and the runtime sees the same when the artifact is built
+        mobilekit.export(model, example, targets=["pixel-8"], formats=["onnx"], precision="int8-static",
+                         calibration=calibration, parity_inputs=[(torch.randn(4, 32) * 20,)],
+                         out_dir=tmp_path / "c", use_cache=False)
     assert "input 1 of 2" in str(info.value)
 
 

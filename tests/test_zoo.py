@@ -97,3 +97,22 @@ def test_zoo_spec_resolves_on_the_command_line_form():
     out = loaded.model(*loaded.example_inputs)
     assert out.shape[1] == 8  # DiT learns sigma: twice the latent channels
     assert loaded.input_names == ("hidden_states", "timestep", "class_labels")
+
+
+@pytest.mark.parametrize("recipe", ["coreml-int8-weight", "tflite-int8-weight", "executorch-xnnpack-int8-static"])
+def test_random_weight_mobilenet_int8_is_refused_before_any_conversion(recipe, tmp_path):
+    """Randomly initialised BatchNorm nets amplify tiny perturbations: this one loses int8 in PyTorch itself.
+
+    The zoo run measured these cells failing parity after minutes of lowering (and Core ML's, which
+    cannot run here, passing only its structural check); they are now refused up front with the
+    modules that lose the most.
+    """
+    b = build_zoo_model("mobilenet-v2")
+    r = mobilekit.Recipe.parse(recipe)
+    with pytest.raises(mobilekit.ConfigError) as info:
+        mobilekit.export(b.model, b.example_inputs, targets=[_target(recipe)], formats=[r.format],
+                         precision=r.precision, calibration=b.calibration, out_dir=tmp_path / "out",
+                         use_cache=False, model_name="mobilenet-v2", input_names=b.input_names)
+    msg = str(info.value)
+    assert "before any conversion" in msg and "Conv2d" in msg and ".convolution (" in msg
+    assert not (tmp_path / "out" / "manifest.json").exists()

@@ -1,0 +1,284 @@
+"""Int8 simulated in PyTorch before any conversion: refuse a precision the model itself cannot hold.
+
+Lowering a model to ExecuTorch or LiteRT takes minutes at real sizes; an int8 artifact whose
+model loses the precision's parity floor *in PyTorch*, with the gentlest quantization any
+backend applies, will fail parity after all that work (or, for Core ML, which cannot run on
+Linux, would ship unchecked). So before building an int8 recipe, the export runs the parity
+inputs once through the model with weights and activations rounded as the recipe's backend
+rounds them, compares with the float outputs on the recipe's own floors, and refuses the recipe
+when even that simulation is out of tolerance, naming the modules that lose the most alone.
+
+The simulation is deliberately the *best case* of what the backends do, so a refusal is never a
+backend's fault:
+
+* weights: symmetric int8 per output channel (every backend's finest weight scheme);
+* ``int8-dynamic``: activations at the inputs of the modules the format quantizes dynamically,
+  rounded per row with that row's own range (finer than any backend's per-tensor or per-token);
+* ``int8-static``: activations at the inputs of Conv/Linear, affine per tensor with the min/max
+  of the calibration batches (backends quantize more tensors than these).
+
+Which module types each (format, precision) touches follows what the converters build: ONNX
+Runtime's and XNNPACK's dynamic quantization leave convolutions in float (see
+``mobilekit.estimation.precision``), LiteRT's dynamic-range quantization does not.
+
+Weights are rounded one module at a time inside forward hooks and put back after, so no copy of
+the model is made (a DiT-XL/2 copy is 3 GB).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from mobilekit.converters._torch_common import flatten_outputs
+from mobilekit.parity import Parity, compare_many
+
+_CONV = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+_CONV_T = (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
+_WEIGHTED = (torch.nn.Linear, *_CONV, *_CONV_T)
+# A module whose own int8 output keeps this SQNR loses ~0.01% of its signal's power; when every
+# module does at least this well and the outputs still fail, the error grows along the graph.
+AMPLIFIED_DB = 35.0
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    """What one recipe quantizes: weights of ``weight_types``, activations entering ``act_types``.
+
+    Attributes:
+        precision: ``int8-weight``, ``int8-dynamic`` or ``int8-static``.
+        weight_types: module classes whose weights are int8.
+        act_types: module classes whose inputs are int8 (empty for weight-only).
+        activations: ``none``, ``dynamic`` (per row, own range) or ``static`` (per tensor, calibrated).
+        min_elements: weights with fewer elements stay float (the converter's own threshold).
+        linear_block: Linear weights get one scale per block of this many inputs (ONNX's
+            ``MatMulNBits``) instead of one per output channel; None: per channel.
+    """
+
+    precision: str
+    weight_types: tuple[type, ...]
+    act_types: tuple[type, ...] = ()
+    activations: str = "none"
+    min_elements: int = 0
+    linear_block: int | None = None
+
+    def describe(self) -> str:
+        """One line for messages: what the simulation rounded."""
+        names = sorted({t.__name__.rstrip("123d") for t in self.weight_types})
+        grain = f"blocks of {self.linear_block} for Linear, per channel otherwise" if self.linear_block \
+            else "per channel"
+        acts = {"none": "float activations", "dynamic": "activations rounded per row with their own range",
+                "static": "activations rounded per tensor with the calibration min/max"}[self.activations]
+        small = f" of {self.min_elements}+ elements" if self.min_elements else ""
+        return f"int8 weights ({grain}) of {'/'.join(names)}{small}, {acts}"
+
+
+def scheme_for(fmt: str, precision: str) -> QuantScheme | None:
+    """The gentlest quantization the ``fmt`` converter applies at ``precision``; None when nothing is int8."""
+    from mobilekit.converters.onnx import MATMUL_NBITS_BLOCK, MIN_QUANTIZED_WEIGHT_ELEMENTS as ONNX_MIN
+    from mobilekit.converters.coreml import MIN_QUANTIZED_WEIGHT_ELEMENTS as COREML_MIN
+
+    if precision == "int8-weight":
+        if fmt == "onnx":  # MatMulNBits for Linear; Conv/Gemm per channel; small weights stay float
+            return QuantScheme(precision, _WEIGHTED, min_elements=ONNX_MIN, linear_block=MATMUL_NBITS_BLOCK)
+        if fmt == "coreml":
+            return QuantScheme(precision, _WEIGHTED, min_elements=COREML_MIN)
+        if fmt == "executorch":  # torchao's quantize_ filters to nn.Linear
+            return QuantScheme(precision, (torch.nn.Linear,))
+        return QuantScheme(precision, _WEIGHTED)
+    if precision == "int8-dynamic":
+        # ONNX Runtime and XNNPACK quantize only Linear/MatMul dynamically; LiteRT's
+        # dynamic-range mode also runs convolutions on int8 inputs.
+        types = _WEIGHTED if fmt == "tflite" else (torch.nn.Linear,)
+        return QuantScheme(precision, types, types, "dynamic")
+    if precision == "int8-static":
+        return QuantScheme(precision, _WEIGHTED, _WEIGHTED, "static")
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModuleLoss:
+    """How much one module's output changes when only its own op is quantized (local SQNR)."""
+
+    module: str
+    op: str
+    sqnr_db: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantSimulation:
+    """The outcome of simulating one recipe's int8 in PyTorch.
+
+    Attributes:
+        precision: the simulated precision.
+        scheme: what was rounded, in words.
+        parity: the simulated outputs against the float outputs, on the recipe's floors.
+        modules: how many modules were quantized.
+        worst: the modules with the lowest local SQNR, worst first.
+    """
+
+    precision: str
+    scheme: str
+    parity: Parity
+    modules: int
+    worst: tuple[ModuleLoss, ...] = field(default_factory=tuple)
+
+    @property
+    def passed(self) -> bool:
+        return self.parity.status != "fail"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "parity": self.parity.to_dict()}
+
+    def explain(self) -> str:
+        """Why the recipe is refused: the simulated numbers and the modules that lose the most."""
+        worst = ", ".join(f"{w.module} ({w.op}, {w.sqnr_db:.1f} dB alone)" for w in self.worst) or "none"
+        text = (f"{self.precision} loses the parity floor in PyTorch itself, before any conversion: with "
+                f"{self.scheme}, the simulated outputs fall short on {self.parity.reason}. Modules that lose "
+                f"the most on their own (local SQNR): {worst}")
+        if self.worst and self.worst[0].sqnr_db >= AMPLIFIED_DB:
+            text += (f". No module loses much by itself (all >= {AMPLIFIED_DB:.0f} dB): the model amplifies "
+                     "small rounding errors, as randomly initialised or untrained weights often do")
+        return text
+
+
+def _fake_weight(w: torch.Tensor, axis: int, block: int | None = None) -> torch.Tensor:
+    """Symmetric int8 per channel along ``axis`` (scale = channel max / 127), or per ``block`` of a row."""
+    if block and w.dim() == 2 and w.shape[1] % block == 0:
+        rows = w.reshape(w.shape[0], -1, block)
+        scale = rows.detach().abs().amax(dim=2, keepdim=True).clamp(min=1e-12) / 127.0
+        return ((rows / scale).round().clamp(-127, 127) * scale).reshape(w.shape)
+    dims = [d for d in range(w.dim()) if d != axis]
+    amax = w.detach().abs().amax(dim=dims, keepdim=True) if dims else w.detach().abs()
+    scale = amax.clamp(min=1e-12) / 127.0
+    return (w / scale).round().clamp(-127, 127) * scale
+
+
+def _fake_affine(x: torch.Tensor, lo: torch.Tensor | float, hi: torch.Tensor | float) -> torch.Tensor:
+    """Affine 8-bit rounding of ``x`` onto [lo, hi] (range widened to hold 0, as backends do)."""
+    lo = torch.clamp(torch.as_tensor(lo, dtype=x.dtype), max=0.0)
+    hi = torch.clamp(torch.as_tensor(hi, dtype=x.dtype), min=0.0)
+    scale = ((hi - lo) / 255.0).clamp(min=1e-12)
+    zero = (-lo / scale).round()
+    return ((x / scale).round() + zero).clamp(0, 255).sub(zero).mul(scale)
+
+
+def _fake_dynamic(x: torch.Tensor) -> torch.Tensor:
+    """Per-row dynamic rounding: each row (last dim for Linear, each sample for conv) its own range."""
+    rows = x.reshape(-1, x.shape[-1]) if x.dim() >= 2 else x.reshape(1, -1)
+    lo = rows.amin(dim=1, keepdim=True)
+    hi = rows.amax(dim=1, keepdim=True)
+    return _fake_affine(rows, lo, hi).reshape(x.shape)
+
+
+def _targets(model: torch.nn.Module, scheme: QuantScheme) -> list[tuple[str, torch.nn.Module]]:
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, scheme.weight_types) and isinstance(getattr(m, "weight", None), torch.Tensor)
+            and m.weight.numel() >= scheme.min_elements]
+
+
+@contextmanager
+def _hooks(mods: Sequence[tuple[str, torch.nn.Module]], pre: Any, post: Any = None) -> Iterator[None]:
+    handles = []
+    try:
+        for name, m in mods:
+            handles.append(m.register_forward_pre_hook(lambda mod, args, _n=name: pre(_n, mod, args)))
+            if post is not None:
+                handles.append(m.register_forward_hook(lambda mod, args, out, _n=name: post(_n, mod, args, out)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _calibrate(mods: Sequence[tuple[str, torch.nn.Module]], model: torch.nn.Module,
+               batches: Sequence[tuple[torch.Tensor, ...]]) -> dict[str, tuple[float, float]]:
+    """Min/max of each module's input over the calibration batches (what a MinMax observer sees)."""
+    ranges: dict[str, tuple[float, float]] = {}
+
+    def pre(name: str, mod: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        x = args[0].detach()
+        lo, hi = ranges.get(name, (math.inf, -math.inf))
+        ranges[name] = (min(lo, float(x.min())), max(hi, float(x.max())))
+
+    with torch.no_grad(), _hooks(mods, pre):
+        for batch in batches:
+            model(*batch)
+    return ranges
+
+
+def simulate(model: torch.nn.Module, feeds: Sequence[tuple[torch.Tensor, ...]],
+             references: Sequence[Sequence[np.ndarray]], *, fmt: str, precision: str,
+             tolerance: Mapping[str, float], calibration: Sequence[tuple[torch.Tensor, ...]] | None = None,
+             worst: int = 3) -> QuantSimulation | None:
+    """Run ``feeds`` through ``model`` with ``fmt``'s int8 at ``precision`` and compare with ``references``.
+
+    Args:
+        model: the float model (left unchanged: weights are rounded inside hooks and restored).
+        feeds: the parity inputs.
+        references: the float outputs on each feed (flattened, as the parity check compares them).
+        fmt: the recipe's format (which module types are quantized depends on it).
+        precision: the recipe's precision.
+        tolerance: the recipe's parity floors.
+        calibration: batches for ``int8-static`` ranges (default: the feeds, which only flatters it).
+        worst: how many modules to name.
+
+    Returns:
+        The simulation, or None when the precision quantizes nothing (fp32, fp16) or the model
+        has no module the scheme touches.
+    """
+    scheme = scheme_for(fmt, precision)
+    if scheme is None:
+        return None
+    mods = _targets(model, scheme)
+    if not mods:
+        return None
+    acts = {n for n, m in mods if scheme.act_types and isinstance(m, scheme.act_types)}
+    ranges = _calibrate([(n, m) for n, m in mods if n in acts], model, calibration or feeds) \
+        if scheme.activations == "static" else {}
+    stash: dict[str, tuple[torch.Tensor, tuple[Any, ...]]] = {}
+    local: dict[str, list[float]] = {}
+    track = {"local": True}
+
+    def quant_input(name: str, x: torch.Tensor) -> torch.Tensor:
+        if name not in acts or not torch.is_floating_point(x):
+            return x
+        if scheme.activations == "dynamic":
+            return _fake_dynamic(x)
+        lo, hi = ranges.get(name, (float(x.min()), float(x.max())))
+        return _fake_affine(x, lo, hi)
+
+    def pre(name: str, mod: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        w = mod.weight.data
+        stash[name] = (w, args)
+        block = scheme.linear_block if isinstance(mod, torch.nn.Linear) else None
+        mod.weight.data = _fake_weight(w, 1 if isinstance(mod, _CONV_T) else 0, block)
+        return (quant_input(name, args[0]), *args[1:])
+
+    def post(name: str, mod: torch.nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        w, orig_args = stash.pop(name)
+        mod.weight.data = w
+        if track["local"] and isinstance(out, torch.Tensor):
+            # the float op on the same (already rounded-upstream) input: this module's own loss
+            ref = mod.forward(*orig_args)
+            noise = float((ref - out).float().pow(2).sum())
+            sig = float(ref.float().pow(2).sum())
+            local.setdefault(name, []).append(999.0 if noise == 0 else 10 * math.log10(max(sig, 1e-30) / noise))
+
+    actual = []
+    with torch.no_grad(), _hooks(mods, pre, post):
+        for j, feed in enumerate(feeds):
+            track["local"] = j == 0  # one input ranks the modules; the rest only count for parity
+            actual.append([t.detach().float().numpy() for t in flatten_outputs(model(*feed))])
+    parity = compare_many(references, actual, tolerance=tolerance, runtime="pytorch-int8-simulation")
+    ops = dict(mods)
+    ranked = sorted(local.items(), key=lambda kv: min(kv[1]))[:worst]
+    return QuantSimulation(precision=precision, scheme=scheme.describe(), parity=parity, modules=len(mods),
+                           worst=tuple(ModuleLoss(module=n, op=type(ops[n]).__name__, sqnr_db=round(min(v), 2))
+                                       for n, v in ranked))
