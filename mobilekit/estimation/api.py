@@ -3,7 +3,10 @@
 The model is exported once (``graph.analyze``), every op is priced at the precision it runs at
 (``precision.py``) by the calibrated roofline of the target's compute unit (``model.py`` with the
 efficiencies of ``calibrate.py``), and the total gets the band of its (platform, unit, precision)
-group, claiming the coverage measured leave-one-model-out (``bands.py``).
+group, claiming the coverage measured leave-one-model-out (``bands.py``). When the user has
+calibrated the target on their own reports (``mobilekit calibrate``, ``device_calibration.py``),
+that family's refitted params (and, given enough reports, their own band) replace the shipped
+ones, through the same pricing (``_price``) the refit used.
 """
 
 from __future__ import annotations

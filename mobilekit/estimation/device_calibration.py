@@ -33,7 +33,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,6 +42,9 @@ from mobilekit.estimation.calibration_store import (DeviceCalibration, FamilyCal
                                                     write_device_calibration)
 from mobilekit.estimation.model import FamilyParams
 from mobilekit.profiling.report import LatencyReport
+
+if TYPE_CHECKING:
+    from mobilekit.estimation.host import HostTarget
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +224,7 @@ class _Job:
     inp: _Input
     device: str
     model: str
-    spec: Any          # a SPEC string or (module, example inputs)
+    spec: Any          # a SPEC string, (module, example inputs) or a GraphCost
     format: str
     precision: str
     delegate: str | None
@@ -390,7 +393,7 @@ class _Item:
     before: float = 0.0
 
 
-def calibrate(reports: Sequence[str | Path | LatencyReport], device: str | None = None,
+def calibrate(reports: Sequence[str | Path | LatencyReport], device: str | HostTarget | None = None,
               store: str | Path | None = None, *, models: Mapping[str, Any] | str | None = None,
               precision: str | None = None, dry_run: bool = False,
               on_progress: Callable[[str, int, int], None] | None = None) -> CalibrationResult:
@@ -400,11 +403,13 @@ def calibrate(reports: Sequence[str | Path | LatencyReport], device: str | None 
         reports: report files (``LatencyReport.write`` or ``mobilekit profile --json``) or LatencyReports,
             all measured on one device (``host`` reports: this machine).
         device: the device they were measured on (a profile name or ``host``); default: from the reports.
+            A ``HostTarget`` (``measure_host()``) means ``host`` priced with those measured rates
+            (default for ``host``: measured now, at each report's thread count).
         store: the calibration store directory (default: ``$MOBILEKIT_CALIBRATION_DIR``, else
             ``calibration/`` under the user cache dir).
         models: how to rebuild each report's model for pricing, when the report's ``model`` is no SPEC,
-            builtin or zoo name: ``{model name or artifact file name: SPEC or (module, example inputs)}``,
-            or one SPEC for every report.
+            builtin or zoo name: ``{model name or artifact file name: SPEC, (module, example inputs) or
+            a ``graph.analyze`` result}``, or one SPEC for every report.
         precision: precision of reports that record none (a plain artifact path was profiled).
         dry_run: fit and compare, but write nothing.
         on_progress: optional ``(stage, done, total)`` callback.
@@ -422,12 +427,16 @@ def calibrate(reports: Sequence[str | Path | LatencyReport], device: str | None 
     """
     from mobilekit.estimation.api import ESTIMATOR_REVISION, _price, _recipe_of, _resolve_target, estimate
 
+    if device is None or isinstance(device, str):
+        host_target, name = None, device
+    else:
+        host_target, name = device, "host"
     inputs = read_reports(reports)
-    jobs = [_job(inp, device, models, precision) for inp in inputs]
+    jobs = [_job(inp, name, models, precision) for inp in inputs]
     dev = _one_device({j.device for j in jobs})
     total = len(jobs) + 1
     costs: dict[str, Any] = {}
-    hosts: dict[int | None, Any] = {}
+    hosts: dict[int | None, Any] = {}  # measured once per thread count
     items: list[_Item] = []
     for i, job in enumerate(jobs):
         if on_progress:
@@ -437,7 +446,7 @@ def calibrate(reports: Sequence[str | Path | LatencyReport], device: str | None 
             from mobilekit.estimation.host import measure_host
 
             threads = job.inp.report.threads
-            t = hosts.get(threads) or hosts.setdefault(threads, measure_host(threads))
+            t = host_target or hosts.get(threads) or hosts.setdefault(threads, measure_host(threads))
         else:
             t = _resolve_target(dev)[1]
         try:
@@ -487,6 +496,10 @@ def _cost_of(job: _Job, costs: dict[str, Any]) -> Any:
     """The model's GraphCost (one export per distinct model)."""
     from mobilekit.estimation.graph import analyze
 
+    from mobilekit.estimation.graph import GraphCost
+
+    if isinstance(job.spec, GraphCost):  # already costed by the caller (as estimate(cost=...))
+        return job.spec
     key = job.spec if isinstance(job.spec, str) else f"{job.model}#{id(job.spec)}"
     if key not in costs:
         if isinstance(job.spec, str):

@@ -183,6 +183,31 @@ def test_cli_json_then_reset(host_report_file: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0 and "no calibration" in res.stderr
 
 
+def test_cli_estimate_uses_the_stored_calibration_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from mobilekit.builtins import build
+    from mobilekit.cli.main import app
+
+    monkeypatch.setenv("MOBILEKIT_CALIBRATION_DIR", str(tmp_path / "store"))
+    model, x = build("gan-tiny")
+    shipped = estimate(model, x, target="pixel-8", format="tflite", precision="fp32", calibration=False).ms
+    # the report names its model as a built-in: calibrate rebuilds it without --model
+    report = _phone_report(tmp_path / "r.json", "gan-tiny", "tflite", 3.0 * shipped)
+    res = _cli([str(report)])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "store" / "pixel-8.json").is_file()
+    args = ["estimate", "builtin:gan-tiny", "--target", "pixel-8", "--precision", "fp32"]
+    runner = CliRunner()
+    doc = json.loads(runner.invoke(app, [*args, "--format", "json"]).stdout)
+    assert doc["calibration"]["device"] == "pixel-8" and doc["ms"] > shipped
+    shown = runner.invoke(app, args)
+    assert shown.exit_code == 0 and "calibrated on 1 of your pixel-8 report" in shown.stderr
+    off = json.loads(runner.invoke(app, [*args, "--format", "json", "--no-calibration"]).stdout)
+    default_format = estimate(model, x, target="pixel-8", precision="fp32", calibration=False)
+    assert off["calibration"] is None and off["ms"] == pytest.approx(default_format.ms)
+
+
 def test_cli_refusal_is_one_line_with_exit_code(tmp_path: Path) -> None:
     from mobilekit.cli.main import main
 
