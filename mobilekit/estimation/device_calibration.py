@@ -456,7 +456,7 @@ def calibrate(reports: Sequence[str | Path | LatencyReport], device: str | HostT
             raise ConfigError(f"{job.inp.label}: cannot price it on {dev}: {exc.message}", where=job.inp.label,
                               fix=exc.fix) from exc
         item = _Item(job=job, cost=cost, target=t, unit=unit, precision=prec, priced=priced,
-                       family=f"{unit}/{prec}")
+                     family=f"{unit}/{prec}")
         item.before = _estimate(estimate, item, False).ms
         items.append(item)
     if on_progress:
