@@ -24,11 +24,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, ROOT, export_cell, merge_cells, write_result  # noqa: E402
+from _common import RESULTS, ROOT, export_cell, merge_cells, provenance, write_result  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
@@ -90,7 +91,10 @@ def _markdown(cells: list[dict[str, Any]], recipes: list[str], command: str) -> 
     models = list(dict.fromkeys(c["model"] for c in cells))
     by = {(c["model"], c["recipe"]): c for c in cells}
     passed = sum(c["status"] == "pass" for c in cells)
-    lines = [f"# Model zoo × export matrix\n\nCommand: `{command}`\n",
+    runs = Counter(c.get("command") or "an earlier run whose command the cells do not record" for c in cells)
+    lines = [f"# Model zoo × export matrix\n\nCommand: `{command}`\n"
+             + ("" if len(runs) == 1 else "\nCells come from these runs (cells each): "
+                + "; ".join(f"`{c}` ({n})" for c, n in runs.items()) + "\n"),
              f"{passed} of {len(cells)} cells pass ({100 * passed / max(len(cells), 1):.1f}%). "
              "✓ = parity within the precision's tolerance in the real runtime (Core ML: structurally valid "
              "mlProgram; its runtime needs macOS).\n",
@@ -159,7 +163,9 @@ def main() -> int:
                         fh.write(json.dumps({"model": name, "recipe": r, "status": "crash", "error": "process",
                                              "message": f"the export process died with code {proc.returncode}"})
                                  + "\n")
-    cells = [json.loads(ln) for ln in cells_file.read_text().splitlines()]
+    # every cell names the command that made it, so a merged table can list all the runs in it
+    this_command = provenance()["command"]
+    cells = [{**json.loads(ln), "command": this_command} for ln in cells_file.read_text().splitlines()]
     if args.merge:  # a partial re-run keeps the other cells of the last full run
         cells = merge_cells(RESULTS / f"{args.result}.json", cells)
     passed = sum(c["status"] == "pass" for c in cells)

@@ -2,7 +2,7 @@
 
 Train smaller (``mobilekit.train``), export to ExecuTorch, Core ML, TFLite and ONNX checked
 against PyTorch (``export``), measure or estimate latency per phone (``profile``,
-``estimate``), and drive it all from one config in app builds (``build``).
+``estimate``; ``calibrate`` refits the estimate on your own measurements), and drive it all from one config in app builds (``build``).
 
 Importing mobilekit is cheap: every name below loads on first use.
 """
@@ -40,6 +40,8 @@ _LAZY: dict[str, str] = {
     "LatencyEstimate": "mobilekit.estimation.api:LatencyEstimate",
     "estimate": "mobilekit.estimation.api:estimate",
     "estimate_all": "mobilekit.estimation.api:estimate_all",
+    "calibrate": "mobilekit.estimation.device_calibration:calibrate",
+    "CalibrationResult": "mobilekit.estimation.device_calibration:CalibrationResult",
     "LatencyReport": "mobilekit.profiling.report:LatencyReport",
     "build": "mobilekit.building:build",
     "BuildResult": "mobilekit.build_result:BuildResult",
@@ -70,6 +72,7 @@ if TYPE_CHECKING:
     from mobilekit.errors import (BackendUnavailableError, BudgetError, ConfigError, DeviceError, ExportError,
                                   MobilekitError, ParityError, RuntimeCrashError, UnsupportedOpError)
     from mobilekit.estimation.api import LatencyEstimate, estimate, estimate_all
+    from mobilekit.estimation.device_calibration import CalibrationResult, calibrate
     from mobilekit.build_config import load_build_config
     from mobilekit.build_result import BuildResult, HostLatency, PhoneEstimate
     from mobilekit.building import build

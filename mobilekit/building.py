@@ -93,11 +93,13 @@ def _estimate(artifact: Artifact, target: str, loaded: Any, entry: ModelEntry,
               cache_root: Path, out_dir: Path | None = None) -> tuple[PhoneEstimate | None, str | None]:
     """Per-target estimate of one artifact's model and recipe (cached by the export's key), or why not."""
     from mobilekit import __version__
-    from mobilekit.estimation.api import LatencyEstimate
+    from mobilekit.estimation.api import ESTIMATOR_REVISION, LatencyEstimate
+    from mobilekit.estimation.calibration_store import calibration_fingerprint
 
-    from mobilekit.estimation.api import ESTIMATOR_REVISION
-
-    key = hashlib.sha256(f"{artifact.cache_key}|{target}|{__version__}|est{ESTIMATOR_REVISION}".encode()).hexdigest()
+    # a calibration stored (or reset) since the estimate was cached changes it
+    cal = calibration_fingerprint(target)
+    key = hashlib.sha256(f"{artifact.cache_key}|{target}|{__version__}|est{ESTIMATOR_REVISION}|cal{cal}"
+                         .encode()).hexdigest()
     cached_path = _json_cache(cache_root, "estimates", key)
     hit = _cached_json(cached_path, LatencyEstimate.from_dict)
     if hit is not None:

@@ -8,6 +8,15 @@ import pytest
 import torch
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_calibration_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Keep the user's own stored calibrations (``mobilekit calibrate``) out of every test's estimates."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MOBILEKIT_CALIBRATION_DIR", str(tmp_path_factory.mktemp("calibration_store")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def one_thread() -> Iterator[None]:
     """Run the test with one torch thread: exact comparisons of float results don't depend on the

@@ -44,3 +44,17 @@ def test_unknown_suffix_is_a_config_error(tmp_path):
         from mobilekit.runtime.runners import runtime_name
 
         runtime_name(p)
+
+
+def test_native_cause_picks_the_xnnpack_line_from_a_real_executorch_load_failure():
+    # stderr of ExecuTorch 1.5.1 loading the zoo's Flux int8-static .pte (XNNPACK refuses a squeeze)
+    from mobilekit.runtime.child import _native_cause
+
+    stderr = (
+        "[cpuinfo_utils.cpp:87] Failed to open midr file /sys/devices/soc0/image_version\n"
+        "[cpuinfo_utils.cpp:125] CPU info and manual query on # of cpus dont match.\n"
+        "[XNNCompiler.cpp:1351] Failed to create squeeze node 157 with code: xnn_status_invalid_parameter\n"
+        "[XNNPACKBackend.cpp:143] XNNCompiler::compileModel failed: 0x1\n"
+        "[method.cpp:128] Init failed for backend XnnpackBackend: 0x1\n")
+    assert _native_cause(stderr) == "Failed to create squeeze node 157 with code: xnn_status_invalid_parameter"
+    assert _native_cause("[cpuinfo_utils.cpp:87] Failed to open midr file x\n") is None

@@ -51,6 +51,9 @@ def estimate(
                                                                   "\\[name=]1x4x32x32[:dtype]; repeat per input."),
     top: int = typer.Option(10, "--top", help="Slowest ops to list (human format, one target)."),
     format: _Format = typer.Option(_Format.human, "--format", help="human: tables; json: LatencyEstimate dicts."),
+    calibration: bool = typer.Option(True, "--calibration/--no-calibration",
+                                     help="Use the target's calibration from your own reports "
+                                          "(`mobilekit calibrate`) when one is stored."),
 ) -> None:
     """Estimate latency from the model's graph and a roofline calibrated on published phone latencies."""
     from mobilekit.cli._output import err_console, print_json, print_table
@@ -63,9 +66,11 @@ def estimate(
     name, model, example = _load(spec, inputs)
     unit = compute_unit.value if compute_unit else None
     if all_targets:
-        results = estimate_all(model, example, precision=precision, compute_unit=unit, name=name)
+        results = estimate_all(model, example, precision=precision, compute_unit=unit, name=name,
+                               calibration=calibration)
     else:
-        results = [_estimate(model, example, target=target, precision=precision, compute_unit=unit, name=name)]
+        results = [_estimate(model, example, target=target, precision=precision, compute_unit=unit, name=name,
+                             calibration=calibration)]
     if format is _Format.json:
         print_json([r.to_dict() for r in results] if all_targets else results[0].to_dict())
         return
@@ -76,6 +81,8 @@ def estimate(
     reasons = sorted({e.band_reason for e in results if e.band_reason})
     for why in reasons:
         err_console().print(f"* {why}", style="yellow")
+    for note in sorted({n for e in results for n in e.notes}):
+        err_console().print(note, style="green", highlight=False)
     if len(results) == 1 and results[0].per_layer:
         e = results[0]
         ops = sorted(e.per_layer, key=lambda r: r["ms"], reverse=True)[:top]
@@ -83,8 +90,10 @@ def estimate(
                     ["op", "aten op", "MFLOP", "KiB", "ms", "bound", "unit", "precision"],
                     [[r["name"], r["op"], f"{r['flops'] / 1e6:.2f}", f"{r['bytes'] / 1024:.1f}", f"{r['ms']:.3f}",
                       r["bound"], r["unit"], r.get("precision", e.precision)] for r in ops])
-    err_console().print("estimates come from published latencies of other models; measure with "
-                        "`mobilekit profile` before relying on them", style="dim")
+    if not any(e.calibration for e in results):
+        err_console().print("estimates come from published latencies of other models; measure with "
+                            "`mobilekit profile` before relying on them, and `mobilekit calibrate` on what you "
+                            "measured", style="dim")
 
 
 def register(app: typer.Typer) -> None:

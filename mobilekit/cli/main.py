@@ -32,6 +32,7 @@ _COMMAND_MODULES = [
     "gan_cmd",
     "profile_cmd",
     "estimate_cmd",
+    "calibrate_cmd",
     "parity_cmd",
     "train_cmd",
 ]

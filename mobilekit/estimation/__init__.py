@@ -6,7 +6,9 @@ calibration latencies), ``precision`` (which precision each op of a recipe's art
 the fit and ``estimate`` both price ops through it), ``bands`` (per-group uncertainty whose
 claimed coverage is the one measured leave-one-model-out), ``api``
 (``estimate``, ``estimate_all``, ``LatencyEstimate``), ``host`` (this machine as a profile),
-``archs`` (the calibration architectures; used only to rebuild the shipped features).
+``archs`` (the calibration architectures; used only to rebuild the shipped features),
+``device_calibration`` (``calibrate``: refit one device on the user's own LatencyReports) and
+``calibration_store`` (where those per-device calibrations live; ``estimate`` reads them).
 
 Example:
     >>> from mobilekit.estimation import estimate
@@ -19,6 +21,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _LAZY: dict[str, str] = {
+    "CalibrationResult": "mobilekit.estimation.device_calibration:CalibrationResult",
+    "DeviceCalibration": "mobilekit.estimation.calibration_store:DeviceCalibration",
+    "calibrate": "mobilekit.estimation.device_calibration:calibrate",
+    "reset_calibration": "mobilekit.estimation.calibration_store:reset_calibration",
     "HostTarget": "mobilekit.estimation.host:HostTarget",
     "LatencyEstimate": "mobilekit.estimation.api:LatencyEstimate",
     "estimate": "mobilekit.estimation.api:estimate",
@@ -30,6 +36,8 @@ __all__ = sorted(_LAZY)
 
 if TYPE_CHECKING:
     from mobilekit.estimation.api import LatencyEstimate, estimate, estimate_all
+    from mobilekit.estimation.calibration_store import DeviceCalibration, reset_calibration
+    from mobilekit.estimation.device_calibration import CalibrationResult, calibrate
     from mobilekit.estimation.host import HostTarget, measure_host
 
 

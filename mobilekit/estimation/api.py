@@ -3,7 +3,10 @@
 The model is exported once (``graph.analyze``), every op is priced at the precision it runs at
 (``precision.py``) by the calibrated roofline of the target's compute unit (``model.py`` with the
 efficiencies of ``calibrate.py``), and the total gets the band of its (platform, unit, precision)
-group, claiming the coverage measured leave-one-model-out (``bands.py``).
+group, claiming the coverage measured leave-one-model-out (``bands.py``). When the user has
+calibrated the target on their own reports (``mobilekit calibrate``, ``device_calibration.py``),
+that family's refitted params (and, given enough reports, their own band) replace the shipped
+ones, through the same pricing (``_price``) the refit used.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ import numpy as np
 
 from mobilekit.errors import ConfigError, MobilekitWarning
 from mobilekit.recipe import Recipe
-from mobilekit.estimation.bands import band_for
+from mobilekit.estimation.bands import MIN_ARCHS, MIN_ROWS, Band, band_for
+from mobilekit.estimation.calibration_store import DeviceCalibration, FamilyCalibration, load_device_calibration
 from mobilekit.estimation.devices import DeviceSpec, peak_key, spec_for
 from mobilekit.estimation.graph import PRECISION_BYTES, GraphCost, analyze
-from mobilekit.estimation.model import OpArrays, family_key, intensity, predict_ms
+from mobilekit.estimation.model import FamilyParams, OpArrays, family_key, intensity, predict_ms
 from mobilekit.estimation.precision import artifact_overrides, float_precision, needed_keys, plan
 
 logger = logging.getLogger(__name__)
@@ -61,6 +65,11 @@ class LatencyEstimate:
         source: always ``estimate`` (a LatencyReport's ``host``/``device`` counterpart).
         band_reason: why the band is wider than its group's own or its coverage unmeasured
             (too few or no calibration latencies); None when it comes from enough data.
+        calibration: when the target's family was refitted on the user's own reports
+            (``mobilekit calibrate``): device, family, reports, models, ``band`` (``own`` when the
+            band comes from those reports' held-out residuals, else ``shipped``), store file and the
+            shipped params; None when the shipped fit was used.
+        notes: remarks, e.g. which calibration priced the estimate.
     """
 
     target: str
@@ -76,6 +85,8 @@ class LatencyEstimate:
     roofline: dict[str, Any] = field(default_factory=dict)
     source: str = "estimate"
     band_reason: str | None = None
+    calibration: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
@@ -96,7 +107,8 @@ class LatencyEstimate:
                    precision=str(d["precision"]), compute_unit=str(d["compute_unit"]), ms=float(d["ms"]),
                    low_ms=float(d["low_ms"]), high_ms=float(d["high_ms"]), coverage=float(d["coverage"]),
                    per_layer=list(d.get("per_layer", [])), roofline=dict(d.get("roofline", {})),
-                   source=str(d.get("source", "estimate")), band_reason=d.get("band_reason"))
+                   source=str(d.get("source", "estimate")), band_reason=d.get("band_reason"),
+                   calibration=d.get("calibration"), notes=list(d.get("notes", [])))
 
 
 def _default_recipe(target: Any) -> tuple[str | None, str | None, str | None]:
@@ -115,11 +127,33 @@ def _pick_unit(target: Any, fmt: str | None, delegate: str | None, precision: st
     return "cpu"
 
 
+def _recipe_of(t: Any, format: str | None, precision: str | None, compute_unit: str | None,
+               delegate: str | None) -> tuple[str | None, str, str]:
+    """(format, precision, compute unit) an estimate on ``t`` prices, defaults from its recipe filled in."""
+    fmt_d, delegate_d, prec_d = _default_recipe(t)
+    fmt = format or fmt_d
+    prec = precision or prec_d or "fp32"
+    if prec not in PRECISION_BYTES:
+        raise ConfigError(f"unknown precision {prec!r}", where="precision",
+                          fix=f"use one of {', '.join(sorted(PRECISION_BYTES))}")
+    unit = compute_unit or _pick_unit(t, fmt, delegate or (delegate_d if fmt == fmt_d else None), prec)
+    if unit not in UNITS:
+        raise ConfigError(f"unknown compute unit {unit!r}", where="compute_unit", fix=f"use one of {', '.join(UNITS)}")
+    if unit == "npu" and prec == "fp32":
+        warnings.warn("NPUs do not run fp32; estimating the NPU at fp16", MobilekitWarning, stacklevel=3)
+        prec = "fp16"
+    return fmt, prec, unit
+
+
 def _resolve_target(target: Any) -> tuple[str, Any]:
     if target is None:
         raise ConfigError("no target given", where="target", fix="pass target='pixel-8' (see `mobilekit targets`)")
     if isinstance(target, DeviceSpec) or hasattr(target, "device_spec"):
         return getattr(target, "name"), target
+    if target == "host":  # this machine, measured now (``host.measure_host``)
+        from mobilekit.estimation.host import measure_host
+
+        return "host", measure_host()
     from mobilekit.targets import get_target
     t = get_target(target) if isinstance(target, str) else target
     return t.name, t
@@ -128,7 +162,8 @@ def _resolve_target(target: Any) -> tuple[str, Any]:
 def estimate(model: Any, example_inputs: Sequence[Any], *, target: Any, format: str | None = None,
              precision: str | None = None, compute_unit: str | None = None, name: str | None = None,
              cost: GraphCost | None = None, delegate: str | None = None,
-             artifact: str | Path | None = None) -> LatencyEstimate:
+             artifact: str | Path | None = None,
+             calibration: bool | str | Path | DeviceCalibration = True) -> LatencyEstimate:
     """Estimate the latency of ``model`` on ``target`` from its graph and the calibrated roofline.
 
     Every op is priced at the precision it runs at in the artifact the recipe builds
@@ -147,9 +182,13 @@ def estimate(model: Any, example_inputs: Sequence[Any], *, target: Any, format: 
         cost: an already computed ``graph.analyze`` result (skips the export).
         delegate: the recipe's delegate (``xnnpack``, ``coreml``, ...), to pick the compute unit.
         artifact: path of the exported file; an ``.onnx`` is read for its per-op precision.
+        calibration: ``True``: use the target's calibration from your own reports when
+            ``mobilekit calibrate`` stored one (default store); a directory: the store to read;
+            ``False``: the shipped fit only; a ``DeviceCalibration``: that one.
 
     Returns:
-        The estimate, with a band and per-op breakdown.
+        The estimate, with a band and per-op breakdown (``calibration`` and ``notes`` say when
+        your own reports refitted it).
 
     Raises:
         ConfigError: unknown target, precision or compute unit, or a unit the target lacks.
@@ -160,24 +199,39 @@ def estimate(model: Any, example_inputs: Sequence[Any], *, target: Any, format: 
         >>> print(f"{est.ms:.1f} ms [{est.low_ms:.1f}, {est.high_ms:.1f}]")
     """
     tname, t = _resolve_target(target)
-    fmt_d, delegate_d, prec_d = _default_recipe(t)
-    fmt = format or fmt_d
-    prec = precision or prec_d or "fp32"
-    if prec not in PRECISION_BYTES:
-        raise ConfigError(f"unknown precision {prec!r}", where="precision",
-                          fix=f"use one of {', '.join(sorted(PRECISION_BYTES))}")
-    unit = compute_unit or _pick_unit(t, fmt, delegate or (delegate_d if fmt == fmt_d else None), prec)
-    if unit not in UNITS:
-        raise ConfigError(f"unknown compute unit {unit!r}", where="compute_unit", fix=f"use one of {', '.join(UNITS)}")
-    if unit == "npu" and prec == "fp32":
-        warnings.warn("NPUs do not run fp32; estimating the NPU at fp16", MobilekitWarning, stacklevel=2)
-        prec = "fp16"
+    fmt, prec, unit = _recipe_of(t, format, precision, compute_unit, delegate)
+    device_cal = _device_calibration(calibration, tname)
     c = cost if cost is not None else analyze(model, example_inputs)
-    return _from_cost(c, t, tname, name or type(model).__name__, fmt, prec, unit, artifact)
+    return _from_cost(c, t, tname, name or type(model).__name__, fmt, prec, unit, artifact, device_cal)
 
 
-def _from_cost(cost: GraphCost, t: Any, tname: str, model_name: str, fmt: str | None, prec: str,
-               unit: str, artifact: str | Path | None = None) -> LatencyEstimate:
+def _device_calibration(calibration: bool | str | Path | DeviceCalibration, tname: str) -> DeviceCalibration | None:
+    if isinstance(calibration, DeviceCalibration):
+        return calibration
+    if calibration is False or calibration is None:
+        return None
+    return load_device_calibration(tname, None if calibration is True else Path(calibration))
+
+
+@dataclass(frozen=True)
+class _Priced:
+    """One model priced on one target's unit, before any fitted params are applied: what both
+    ``_from_cost`` (to predict) and ``device_calibration`` (to refit) need."""
+
+    ops: OpArrays
+    op_plan: Any                # precision.OpPlan: per-op precision, bytes, peak
+    spec: DeviceSpec
+    platform: str
+    peak: float                 # the unit's peak at the recipe's precision (GOP/s)
+    main_key: str
+    params: FamilyParams        # the shipped fit's params for this family (efficiency 1 on a measured host)
+    cpu_params: FamilyParams
+    factor: float               # the shipped format factor
+    art_counts: dict[str, dict[str, int]] | None
+
+
+def _price(cost: GraphCost, t: Any, tname: str, fmt: str | None, prec: str, unit: str,
+           artifact: str | Path | None = None) -> _Priced:
     from mobilekit.estimation.calibrate import fitted_params, params_for
 
     ops = OpArrays.from_rows([o.to_row() for o in cost.ops])
@@ -208,14 +262,51 @@ def _from_cost(cost: GraphCost, t: Any, tname: str, model_name: str, fmt: str | 
     if getattr(t, "measured", False):
         # a measured peak and bandwidth are already achieved rates: efficiency 1 against them
         params = replace(params, eff_compute=1.0, eff_memory=1.0)
-    cpu_params = params_for(cal, platform, "cpu", "fp32")
     factor = cal.format_factor.get(_FORMAT_OF.get(fmt or "", fmt or ""), 1.0)
+    return _Priced(ops=ops, op_plan=op_plan, spec=spec, platform=platform, peak=peak, main_key=main_key,
+                   params=params, cpu_params=params_for(cal, platform, "cpu", "fp32"), factor=factor,
+                   art_counts=art_counts)
+
+
+def _user_band(fam: FamilyCalibration, shipped: Band) -> Band:
+    """The band of the user's own held-out residuals when the calibration built one, else the shipped one."""
+    if not fam.band:
+        return shipped
+    b = fam.band
+    return Band(low_factor=float(np.exp(b["log_low"])), high_factor=float(np.exp(b["log_high"])),
+                coverage=float(b["coverage"]), n=int(b["n"]), key=f"your reports: {fam.family}", measured=True)
+
+
+def _calibration_note(tname: str, fam: FamilyCalibration, device_cal: DeviceCalibration) -> str:
+    band = ("band from your reports' leave-one-model-out residuals" if fam.band else
+            f"shipped band (a band of your own needs >= {MIN_ROWS} reports from >= {MIN_ARCHS} models)")
+    where = f" ({device_cal.path})" if device_cal.path else ""
+    return (f"calibrated on {fam.n} of your {tname} report(s) of {len(fam.models)} model(s), {fam.family}{where}; "
+            f"{band}")
+
+
+def _from_cost(cost: GraphCost, t: Any, tname: str, model_name: str, fmt: str | None, prec: str,
+               unit: str, artifact: str | Path | None = None,
+               device_cal: DeviceCalibration | None = None) -> LatencyEstimate:
+    p = _price(cost, t, tname, fmt, prec, unit, artifact)
+    ops, op_plan, spec, platform, factor, params = p.ops, p.op_plan, p.spec, p.platform, p.factor, p.params
+    band = band_for(platform, unit, prec)
+    fam = device_cal.lookup(unit, prec) if device_cal is not None else None
+    calibration: dict[str, Any] | None = None
+    notes: list[str] = []
+    if fam is not None and device_cal is not None:  # the user's own reports refitted this family on this device
+        params, band = fam.params, _user_band(fam, band)
+        notes.append(_calibration_note(tname, fam, device_cal))
+        calibration = {"device": device_cal.device, "family": fam.family, "reports": fam.n,
+                       "models": list(fam.models), "band": "own" if fam.band else "shipped",
+                       "store": str(device_cal.path) if device_cal.path else None,
+                       "shipped_params": fam.shipped.to_dict()}
     total, per_op, bound, taken = predict_ms(ops, unit=unit, precision=prec, peak_gops=op_plan.peak,
                                              bandwidth_gbps=spec.bandwidth_gbps, params=params,
-                                             cpu_peak_gops=spec.peaks.get("cpu.fp32"), cpu_params=cpu_params,
+                                             cpu_peak_gops=spec.peaks.get("cpu.fp32"), cpu_params=p.cpu_params,
                                              op_bytes=op_plan.byts)
     total, per_op = total * factor, per_op * factor
-    band = band_for(platform, unit, prec)
+    peak, art_counts, main_key = p.peak, p.art_counts, p.main_key
     # ops handed to the CPU run there at fp32
     byts = np.where(taken, op_plan.byts, ops.bytes_at("fp32"))
     op_prec = np.where(taken, op_plan.precision, "fp32")
@@ -239,19 +330,22 @@ def _from_cost(cost: GraphCost, t: Any, tname: str, model_name: str, fmt: str | 
                 **({"artifact_precisions": art_counts} if art_counts is not None else {}),
                 "peaks_used": {k: spec.peaks[k] for k in sorted(set(op_plan.keys.tolist()))},
                 "spec_sources": {"peak": spec.sources.get(main_key, "profile"), "bandwidth": spec.sources.get("bw", "profile")},
-                "ops_on_cpu": int((~taken).sum())}
+                "ops_on_cpu": int((~taken).sum()),
+                "params_from": "your calibration" if calibration else "shipped fit"}
     return LatencyEstimate(target=tname, model=model_name, format=fmt, precision=prec, compute_unit=unit,
                            ms=total, low_ms=total * band.low_factor, high_ms=total * band.high_factor,
                            coverage=band.coverage, per_layer=per_layer, roofline=roofline,
-                           band_reason=band.reason)
+                           band_reason=band.reason, calibration=calibration, notes=notes)
 
 
 def estimate_all(model: Any, example_inputs: Sequence[Any], *, precision: str | None = None,
                  compute_unit: str | None = None, name: str | None = None,
-                 on_progress: Callable[[str, int, int], None] | None = None) -> list[LatencyEstimate]:
+                 on_progress: Callable[[str, int, int], None] | None = None,
+                 calibration: bool | str | Path = True) -> list[LatencyEstimate]:
     """Estimate ``model`` on every shipped profile (the model is exported once).
 
-    Targets that lack the requested unit or a peak for it are left out (logged at INFO).
+    Targets that lack the requested unit or a peak for it are left out (logged at INFO). Each
+    target uses its stored calibration as ``estimate`` does (``calibration``).
 
     Example:
         >>> for e in estimate_all(model, (x,), precision="fp16"):
@@ -267,7 +361,7 @@ def estimate_all(model: Any, example_inputs: Sequence[Any], *, precision: str | 
             on_progress(t.name, i, len(targets))
         try:
             out.append(estimate(model, example_inputs, target=t, precision=precision, compute_unit=compute_unit,
-                                name=name or type(model).__name__, cost=cost))
+                                name=name or type(model).__name__, cost=cost, calibration=calibration))
         except ConfigError as exc:
             logger.info("skipping %s: %s", t.name, exc)
     return out

@@ -285,11 +285,9 @@ class _Prepared:
 
 
 def _prepare(rows: list[CalibRow], archs: dict[str, Any]) -> _Prepared:
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("flops", "byts", "peak", "bw", "free", "dw", "fused",
-                                                          "row")}
-    dw_kind = KINDS.index("dwconv")
+    priced = []
     op_cache: dict[str, OpArrays] = {}
-    for i, r in enumerate(rows):
+    for r in rows:
         ops = op_cache.setdefault(r.arch, OpArrays.from_rows(archs[r.arch]["ops"]))
         # every op at the precision it runs at (the same function estimate() prices with)
         keys = needed_keys(ops, fmt=r.format, unit=r.unit, precision=r.precision)
@@ -300,11 +298,24 @@ def _prepare(rows: list[CalibRow], archs: dict[str, Any]) -> _Prepared:
             raise ConfigError(f"no {exc.args[0]} peak for {r.device}", where="calibration device specs") from None
         if spec.bandwidth_gbps is None:
             raise ConfigError(f"no bandwidth for {r.device}", where="calibration device specs")
+        priced.append((ops, op_plan.byts, op_plan.peak, spec.bandwidth_gbps))
+    return prepare_priced(priced, [r.latency_ms for r in rows])
+
+
+def prepare_priced(priced: list[tuple[OpArrays, np.ndarray, np.ndarray, float]],
+                   latency_ms: list[float]) -> _Prepared:
+    """Rows already priced (ops, per-op bytes and peak from ``precision.plan``, bandwidth GB/s) and their
+    measured latency (ms), as the flat arrays ``_fit_one`` fits: the published rows here, the user's own
+    reports in ``device_calibration``."""
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("flops", "byts", "peak", "bw", "free", "dw", "fused",
+                                                          "row")}
+    dw_kind = KINDS.index("dwconv")
+    for i, (ops, byts, peak, bw) in enumerate(priced):
         n = len(ops.flops)
         parts["flops"].append(ops.flops)
-        parts["byts"].append(op_plan.byts)
-        parts["peak"].append(op_plan.peak)
-        parts["bw"].append(np.full(n, spec.bandwidth_gbps))
+        parts["byts"].append(byts)
+        parts["peak"].append(np.broadcast_to(np.asarray(peak, dtype=float), (n,)))
+        parts["bw"].append(np.full(n, bw))
         parts["free"].append(ops.int_only)
         parts["dw"].append(ops.kind == dw_kind)
         parts["fused"].append(ops.fused())
@@ -312,8 +323,8 @@ def _prepare(rows: list[CalibRow], archs: dict[str, Any]) -> _Prepared:
     cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
     return _Prepared(flops=cat["flops"], byts=cat["byts"], peak=cat["peak"], bw=cat["bw"], free=cat["free"].astype(bool),
                      dw=cat["dw"].astype(bool), fused=cat["fused"].astype(bool),
-                     row_of_op=cat["row"].astype(int), n_rows=len(rows),
-                     y=np.log(np.array([r.latency_ms for r in rows])))
+                     row_of_op=cat["row"].astype(int), n_rows=len(priced),
+                     y=np.log(np.asarray(latency_ms, dtype=float)))
 
 
 def _predict_log(prep: _Prepared, theta: np.ndarray, op_mask: np.ndarray) -> np.ndarray:
@@ -327,7 +338,10 @@ def _predict_log(prep: _Prepared, theta: np.ndarray, op_mask: np.ndarray) -> np.
 
 
 def _fit_one(prep: _Prepared, row_idx: np.ndarray, prior: np.ndarray, lam: float,
-             offset: np.ndarray | None = None) -> np.ndarray:
+             offset: np.ndarray | None = None,
+             bounds: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Least squares on log latency of the rows ``row_idx`` for the five log params, pulled toward
+    ``prior`` with weight ``lam`` (in rows), within ``bounds`` (log; default none)."""
     from scipy.optimize import least_squares
 
     op_mask = np.isin(prep.row_of_op, row_idx)
@@ -351,7 +365,10 @@ def _fit_one(prep: _Prepared, row_idx: np.ndarray, prior: np.ndarray, lam: float
         pred = np.log(np.maximum(total, 1e-9))[inv]
         return np.concatenate([pred - target, sqrt_lam * (theta - prior)])
 
-    return least_squares(resid, prior.copy(), method="trf", x_scale=1.0, max_nfev=200).x
+    if bounds is None:
+        return least_squares(resid, prior.copy(), method="trf", x_scale=1.0, max_nfev=200).x
+    lo, hi = bounds
+    return least_squares(resid, np.clip(prior, lo, hi), method="trf", x_scale=1.0, max_nfev=200, bounds=(lo, hi)).x
 
 
 def fit(rows: list[CalibRow], archs: dict[str, Any], prep: _Prepared | None = None,

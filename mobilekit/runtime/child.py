@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -79,8 +80,11 @@ def run_in_child(job: dict[str, Any], inputs: Sequence[np.ndarray] = (), *, time
                                     fix="raise the time limit, or check the artifact with a smaller input") from exc
         if (work / "error.json").exists():
             err = json.loads((work / "error.json").read_text())
-            cls = RuntimeCrashError
-            raise cls(f"{err['type']}: {err['message']}", where=str(what), fix=err.get("fix") or None)
+            # ExecuTorch says only "error: 0x1"; the reason is in its native log on stderr
+            # ("[XNNCompiler.cpp:1351] Failed to create squeeze node 157 ...").
+            cause = _native_cause(proc.stderr)
+            raise RuntimeCrashError(f"{err['type']}: {err['message']}" + (f" (runtime log: {cause})" if cause else ""),
+                                    where=str(what), fix=err.get("fix") or None)
         if proc.returncode != 0 or not (work / "result.json").exists():
             if proc.returncode < 0:
                 sig = signal.Signals(-proc.returncode).name
@@ -94,6 +98,18 @@ def run_in_child(job: dict[str, Any], inputs: Sequence[np.ndarray] = (), *, time
         with np.load(work / "outputs.npz") as data:
             outputs = [data[f"arr_{i}"] for i in range(len(data.files))]
         return result, outputs
+
+
+_FAILURE_LINE = re.compile(r"\[[\w.]+:\d+\] (.*(?:[Ff]ail|[Ee]rror|[Ii]nvalid).*)")
+
+
+def _native_cause(stderr: str) -> str | None:
+    """The first native log line that says what failed, e.g. an XNNPACK compile error."""
+    for line in stderr.splitlines():
+        m = _FAILURE_LINE.search(line)
+        if m and "midr" not in m.group(1) and "Could not load this library" not in m.group(1):
+            return m.group(1).strip()
+    return None
 
 
 def _main(work: Path) -> int:
