@@ -25,7 +25,7 @@ def main() -> None:
     args = parser.parse_args()
 
     teacher = build_builtin("dit-tiny").model.dit                     # a diffusers DiTTransformer2DModel
-    pruned = prune_depth(teacher, "digits", DepthPruneConfig(pattern="1:2", steps=args.search_steps),
+    pruned = prune_depth(teacher, "digits", DepthPruneConfig(method="learnable", pattern="1:2", steps=args.search_steps),
                          out_dir=args.out / "pruned")
     print(f"kept blocks {pruned.kept} of {pruned.depth_before}; calibration loss {pruned.calibration_loss:.4f}")
 

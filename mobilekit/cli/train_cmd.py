@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
         spec: Annotated[str, typer.Argument(help="builtin:dit-tiny, a diffusers model folder, or package.module:function")],
         out: Annotated[Path, typer.Option("--out", "-o", help="output directory (model/, prune.json, decisions.png)")] = Path("pruned"),
         pattern: Annotated[str, typer.Option("--pattern", help="N:M local pattern, e.g. 1:2, 2:4, or mixed 2:4,3:4")] = "1:2",
-        method: Annotated[str, typer.Option("--method", help="learnable, shortgpt, flux-lite, sensitivity, oracle, random, indices")] = "learnable",
+        method: Annotated[str, typer.Option("--method", help="sensitivity (default: best in the 5-seed reproduction), learnable (TinyFusion), shortgpt, flux-lite, oracle, random, indices")] = "sensitivity",
         steps: Annotated[int, typer.Option("--steps", help="search length in optimizer steps")] = 100,
         data: Annotated[str, typer.Option("--data", help="digits, an image folder DIR/<class>/*.png, or latents .safetensors")] = "digits",
         batch_size: Annotated[int, typer.Option("--batch-size", help="samples per step and process")] = 16,

@@ -101,7 +101,7 @@ def test_gradients_reach_gates_and_lora() -> None:
     stack = resolve_stack(model)
     pattern = mk.parse_pattern("1:2", 4)
     gated, state = gated_copy(model, stack)
-    params = attach_delta(gated, DepthPruneConfig(lora_rank=2))
+    params = attach_delta(gated, DepthPruneConfig(method="learnable", lora_rank=2))
     assert params and all(p.requires_grad for p in params)
     n_linear = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
     assert len(params) == 2 * n_linear  # A and B on every linear layer

@@ -153,7 +153,7 @@ def test_search_module_gates_of_group_0_get_gradient_from_the_head() -> None:
 
 def test_protect_keeps_block_0_so_the_head_keeps_its_trained_conditioning(tmp_path: Path) -> None:
     model = tiny_dit_sigma(4)
-    cfg = DepthPruneConfig(pattern="1:2", steps=2, batch_size=4, log_every=1, calib_samples=8, lora_rank=2,
+    cfg = DepthPruneConfig(method="learnable", pattern="1:2", steps=2, batch_size=4, log_every=1, calib_samples=8, lora_rank=2,
                            protect=(0,))
     res = prune_depth(model, "digits", cfg, out_dir=tmp_path, device="cpu")
     assert res.kept[0] == 0 and len(res.kept) == 2
@@ -163,7 +163,7 @@ def test_protect_keeps_block_0_so_the_head_keeps_its_trained_conditioning(tmp_pa
     torch.testing.assert_close(_head_conditioning(res.model, x, t, y), torch.nn.functional.silu(emb0))
     assert res.to_dict()["config"]["data"]["protect"] == [0]
     with pytest.raises(ConfigError, match="keeps 1 blocks but 2 are protected"):
-        prune_depth(model, "digits", DepthPruneConfig(pattern="1:2", steps=1, protect=(0, 1), calib_samples=8))
+        prune_depth(model, "digits", DepthPruneConfig(method="learnable", pattern="1:2", steps=1, protect=(0, 1), calib_samples=8))
     with pytest.raises(ConfigError) as exc:
         DepthPruneConfig(method="shortgpt", protect=(0,))
     assert exc.value.where == "protect"
@@ -172,7 +172,7 @@ def test_protect_keeps_block_0_so_the_head_keeps_its_trained_conditioning(tmp_pa
 def test_generic_stack_reading_block_0_from_outside_must_declare_it() -> None:
     model = HeadReadsFirstBlock(4)
     with pytest.raises(ConfigError, match=r"\['0.emb'\]") as exc:
-        prune_depth(model, "digits", DepthPruneConfig(pattern="1:2", steps=1, calib_samples=8),
+        prune_depth(model, "digits", DepthPruneConfig(method="learnable", pattern="1:2", steps=1, calib_samples=8),
                     stack=head_reads_adapter(declare=False))
     assert "outside_reads" in exc.value.fix
     stack = head_reads_adapter(declare=True)
@@ -189,6 +189,6 @@ def test_generic_stack_reading_block_0_from_outside_must_declare_it() -> None:
         torch.testing.assert_close(out.detach(), stack.predict(pruned, x, t, None), atol=ATOL, rtol=0)
     out.pow(2).mean().backward()
     assert float(logits.grad[:, 0].abs().sum()) > 0
-    res = prune_depth(model, "digits", DepthPruneConfig(pattern="1:2", steps=2, batch_size=4, calib_samples=8,
+    res = prune_depth(model, "digits", DepthPruneConfig(method="learnable", pattern="1:2", steps=2, batch_size=4, calib_samples=8,
                                                         lora_rank=2), stack=stack, device="cpu")
     assert len(res.kept) == 2

@@ -19,7 +19,7 @@ from tests.train._tf_models import StopTraining, stop_at, tiny_dit, tiny_dit_sig
 
 
 def _cfg(**kw: object) -> DepthPruneConfig:
-    base: dict[str, object] = {"pattern": "1:2", "steps": 4, "batch_size": 4, "log_every": 1, "calib_samples": 8,
+    base: dict[str, object] = {"method": "learnable", "pattern": "1:2", "steps": 4, "batch_size": 4, "log_every": 1, "calib_samples": 8,
                                "lora_rank": 2}
     base.update(kw)
     return DepthPruneConfig(**base)  # type: ignore[arg-type]

@@ -23,7 +23,7 @@ from tests.train._tf_models import tiny_dit
 
 out = Path(sys.argv[1])
 ctx = init_distributed("cpu")
-cfg = DepthPruneConfig(pattern="1:2", steps=4, batch_size=4, log_every=1, calib_samples=8, lora_rank=2)
+cfg = DepthPruneConfig(method="learnable", pattern="1:2", steps=4, batch_size=4, log_every=1, calib_samples=8, lora_rank=2)
 res = prune_depth(tiny_dit(4), "digits", cfg, out_dir=out / "run", device="cpu")
 (out / f"rank{ctx.rank}.json").write_text(json.dumps({"world": ctx.world_size, "kept": res.kept,
     "confidences": res.confidences, "probabilities": [e["probabilities"] for e in res.log]}))

@@ -93,7 +93,7 @@ def test_variance_kd_is_zero_for_identical_models_and_trains_only_sigma() -> Non
 
 
 def _search_cfg(**kw: object) -> DepthPruneConfig:
-    base: dict[str, object] = {"pattern": "1:2", "steps": 4, "batch_size": 4, "log_every": 1, "calib_samples": 8,
+    base: dict[str, object] = {"method": "learnable", "pattern": "1:2", "steps": 4, "batch_size": 4, "log_every": 1, "calib_samples": 8,
                                "lora_rank": 2, "search_loss": "eps+vlb", "checkpoint_every": 2}
     base.update(kw)
     return DepthPruneConfig(**base)  # type: ignore[arg-type]
@@ -125,7 +125,7 @@ def test_vlb_on_a_model_without_learned_sigma_is_a_clear_error() -> None:
         prune_depth(tiny_dit(4), "digits", _search_cfg(checkpoint_every=0, steps=1))
     assert exc.value.where == "search_loss"
     with pytest.raises(ConfigError) as exc:
-        DepthPruneConfig(search_loss="vlb")
+        DepthPruneConfig(method="learnable", search_loss="vlb")
     assert exc.value.where == "search_loss"
 
 

@@ -14,7 +14,7 @@ from tests.train._tf_models import StopTraining, tiny_dit
 
 
 def _cfg(**kw: object) -> DepthPruneConfig:
-    base: dict[str, object] = {"pattern": "1:2", "steps": 6, "batch_size": 8, "log_every": 2, "calib_samples": 16,
+    base: dict[str, object] = {"method": "learnable", "pattern": "1:2", "steps": 6, "batch_size": 8, "log_every": 2, "calib_samples": 16,
                                "lora_rank": 2}
     base.update(kw)
     return DepthPruneConfig(**base)  # type: ignore[arg-type]
@@ -101,9 +101,9 @@ def test_config_errors_name_the_field() -> None:
         DepthPruneConfig(method="magic")
     assert exc.value.where == "method"
     with pytest.raises(ConfigError) as exc:
-        DepthPruneConfig(tau_range=(4.0, 0.0))
+        DepthPruneConfig(method="learnable", tau_range=(4.0, 0.0))
     assert exc.value.where == "tau_range"
-    cfg = DepthPruneConfig(pattern="2:4", steps=7)
+    cfg = DepthPruneConfig(method="learnable", pattern="2:4", steps=7)
     assert DepthPruneConfig.from_dict(cfg.to_dict()) == cfg
 
 
