@@ -36,7 +36,7 @@ from mobilekit.converters.base import (ConvertResult, StageTimer, Support, ensur
                              supports_from_table)
 from mobilekit._deps import require
 from mobilekit._io import native_output_captured, write_bytes_atomic
-from mobilekit.errors import ConfigError, ExportError, UnsupportedOpError
+from mobilekit.errors import ConfigError, ExportError, RuntimeCrashError, UnsupportedOpError
 from mobilekit.recipe import Recipe
 
 logger = logging.getLogger(__name__)
@@ -262,12 +262,22 @@ def _static_with_fallback(float_fb: bytes, full: bytes, model: torch.nn.Module, 
         finally:
             path.unlink(missing_ok=True)
 
-    first = measured(full, ".full-int8.tflite")
+    try:
+        first = measured(full, ".full-int8.tflite")
+    except RuntimeCrashError:
+        # A model the runtime cannot even prepare is the caller's to report (export's parity check
+        # and the parity map, which splits tapped outputs LiteRT rejects, both handle it).
+        return full
     if first.status == "pass":
         notes.append(f"full-integer int8 (calibration batches: cosine {first.cosine:.4f})")
         return full
     mixed = _quantize(float_fb, "int8-static", calibration, only=_COMPUTE_OPS)
-    second = measured(mixed, ".compute-int8.tflite")
+    try:
+        second = measured(mixed, ".compute-int8.tflite")
+    except RuntimeCrashError:
+        notes.append(f"full-integer int8 lost the int8-static floor on the calibration batches (cosine "
+                     f"{first.cosine:.4f}); the int8-matmul/conv fallback did not run in LiteRT, so it was not kept")
+        return full
     keep_mixed = second.status == "pass" or second.cosine > first.cosine
     notes.append(f"full-integer int8 lost the int8-static floor on the calibration batches (cosine "
                  f"{first.cosine:.4f}); with only {', '.join(sorted(_COMPUTE_OPS - {'INPUT', 'OUTPUT'}))} in int8 "
