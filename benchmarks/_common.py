@@ -37,6 +37,18 @@ def provenance() -> dict[str, Any]:
             "date": __import__("datetime").date.today().isoformat()}
 
 
+def ci95(xs: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% Student-t interval (0 for a single value)."""
+    import statistics
+
+    from scipy import stats
+
+    m = statistics.mean(xs)
+    if len(xs) < 2:
+        return m, 0.0
+    return m, float(stats.t.ppf(0.975, len(xs) - 1) * statistics.stdev(xs) / len(xs) ** 0.5)
+
+
 def write_result(name: str, data: dict[str, Any]) -> Path:
     """Write ``benchmarks/results/<name>`` atomically with the provenance fields first."""
     from mobilekit._io import write_json_atomic

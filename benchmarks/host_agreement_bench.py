@@ -90,8 +90,7 @@ def main() -> int:
 
     import mobilekit
     from mobilekit.builtins import build_builtin
-    from mobilekit.profiling.host import synthesize_inputs
-    from mobilekit.runtime.runners import open_runner
+    from mobilekit.profiling.host import inputs_from_specs
 
     load_before = os.getloadavg()
     rows = []
@@ -104,11 +103,12 @@ def main() -> int:
                                  formats=["onnx", "tflite", "executorch"], precision="fp32", out_dir=work / name,
                                  cache_dir=work / "cache", model_name=name, input_names=b.input_names)
             for a in m.artifacts:
-                arts.append((f"{name} {a.recipe.name}", work / name / a.path))
-        for label, path in arts:
-            # the same inputs for both: those mobilekit.profile would synthesize, saved once
+                arts.append((f"{name} {a.recipe.name}", work / name / a.path, a.inputs))
+        for label, path, specs in arts:
+            # the same inputs for both, built from the artifact's input specs (as mobilekit.profile does)
+            # and saved once: no native runtime is loaded in this parent process
             feed = path.with_suffix(".inputs.npz")
-            xs = synthesize_inputs(open_runner(path, threads=args.threads))
+            xs = inputs_from_specs(specs)
             np.savez(feed, *xs)
             prof, loop = [], []
             for r in range(args.rounds):

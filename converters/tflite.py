@@ -234,7 +234,7 @@ def _map_error(exc: BaseException, model: torch.nn.Module, inputs: tuple[Any, ..
 # to 0.999 (an int8 causal-mask add and softmax flatten attention; excluding op types one at a
 # time did not recover it) and ResNet from 0.937 to a pass (its int8 global-average MEAN).
 _COMPUTE_OPS = frozenset({"FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "CONV_2D_TRANSPOSE",
-                          "BATCH_MATMUL", "INPUT", "OUTPUT"})
+                          "BATCH_MATMUL"})
 
 
 def _static_with_fallback(float_fb: bytes, full: bytes, model: torch.nn.Module, calibration: list[list[torch.Tensor]],
@@ -271,16 +271,15 @@ def _static_with_fallback(float_fb: bytes, full: bytes, model: torch.nn.Module, 
     if first.status == "pass":
         notes.append(f"full-integer int8 (calibration batches: cosine {first.cosine:.4f})")
         return full
+    lost = f"full-integer int8 lost the int8-static floor on the calibration batches (cosine {first.cosine:.4f})"
     mixed = _quantize(float_fb, "int8-static", calibration, only=_COMPUTE_OPS)
     try:
         second = measured(mixed, ".compute-int8.tflite")
     except RuntimeCrashError:
-        notes.append(f"full-integer int8 lost the int8-static floor on the calibration batches (cosine "
-                     f"{first.cosine:.4f}); the int8-matmul/conv fallback did not run in LiteRT, so it was not kept")
+        notes.append(f"{lost}; the int8-matmul/conv fallback did not run in LiteRT, so it was not kept")
         return full
     keep_mixed = second.status == "pass" or second.cosine > first.cosine
-    notes.append(f"full-integer int8 lost the int8-static floor on the calibration batches (cosine "
-                 f"{first.cosine:.4f}); with only {', '.join(sorted(_COMPUTE_OPS - {'INPUT', 'OUTPUT'}))} in int8 "
+    notes.append(f"{lost}; with only {', '.join(sorted(_COMPUTE_OPS))} in int8 "
                  f"and the rest float: cosine {second.cosine:.4f}; kept the "
                  + ("mixed model (an NPU that needs full-integer models will not take it)" if keep_mixed
                     else "full-integer model"))

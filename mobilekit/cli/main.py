@@ -58,8 +58,11 @@ def _quiet_third_party() -> None:
     warnings.filterwarnings("ignore")
     warnings.filterwarnings("default", category=__import__("mobilekit.errors", fromlist=["x"]).MobilekitWarning)
     # Native runtimes read these when they load (children inherit them): TensorFlow Lite / absl C++
-    # logs, and tqdm progress bars coremltools draws for every conversion pass.
-    for key, value in (("TF_CPP_MIN_LOG_LEVEL", "3"), ("GLOG_minloglevel", "2"), ("TQDM_DISABLE", "1")):
+    # logs, and tqdm progress bars coremltools draws for every conversion pass. diffusers and
+    # transformers reset their root logger's level from these on first use (diffusers' import warns
+    # that this torchao lacks tensor classes it never needs here), so a level set below is not enough.
+    for key, value in (("TF_CPP_MIN_LOG_LEVEL", "3"), ("GLOG_minloglevel", "2"), ("TQDM_DISABLE", "1"),
+                       ("DIFFUSERS_VERBOSITY", "error"), ("TRANSFORMERS_VERBOSITY", "error")):
         os.environ.setdefault(key, value)
     def errors_only(record: logging.LogRecord) -> bool:
         return record.levelno >= logging.ERROR

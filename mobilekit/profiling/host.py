@@ -243,7 +243,8 @@ def host_device() -> dict[str, Any]:
             "max_mhz": round(freq.max) if freq and freq.max else None, "governor": governor}
 
 
-def _inputs_from_specs(specs: Sequence[Any]) -> list[np.ndarray]:
+def inputs_from_specs(specs: Sequence[Any]) -> list[np.ndarray]:
+    """The inputs ``profile`` feeds an artifact: seeded random arrays for its ``TensorSpec`` list."""
     return random_inputs([(spec.shape, spec.dtype) for spec in specs])
 
 
@@ -394,7 +395,7 @@ def _profile_one(path: Path, art: Any, *, target: str | None, model: str | None,
             raise BackendUnavailableError(f"the program is delegated to {missing}, which this host's ExecuTorch "
                                           "runtime lacks", where=str(path),
                                           fix="profile it on a device with that backend, or export an XNNPACK recipe")
-    feed = list(inputs) if inputs is not None else (_inputs_from_specs(art.inputs) if art is not None and art.inputs
+    feed = list(inputs) if inputs is not None else (inputs_from_specs(art.inputs) if art is not None and art.inputs
                                                     else [])
     job = {"job": "measure", "path": str(path.resolve()), "threads": threads, "warmup": warmup,
            "max_seconds": max_seconds, "rel_precision": rel_precision, "per_op": per_op, "options": options}
