@@ -63,6 +63,18 @@ def size_of(path: Path) -> int:
     return path.stat().st_size
 
 
+def artifact_label(path: str, variant: str | None) -> str:
+    """How reports name an artifact: its file, plus the adapter variant when the file name lacks it.
+
+    A Core ML multifunction package holds the base and every adapter in one ``.mlpackage``, so
+    without the variant its rows in a report would be indistinguishable.
+    """
+    name = Path(path).name
+    if variant is None or Path(name).stem.endswith(f"-{variant}"):
+        return name
+    return f"{name} · {variant}"
+
+
 @dataclass(frozen=True, kw_only=True)
 class Artifact:
     """One exported file (or .mlpackage folder) with what an app and a reviewer need to trust it.
@@ -106,6 +118,11 @@ class Artifact:
     notes: tuple[str, ...] = ()
     sampling: SamplingParity | None = None
     images: ImageParity | None = None
+
+    @property
+    def label(self) -> str:
+        """The name reports show: the file, and the adapter when several variants share the file."""
+        return artifact_label(self.path, self.adapter)
 
     @property
     def format(self) -> str:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mobilekit.artifact import Manifest
+from mobilekit.artifact import Manifest, artifact_label
 from mobilekit.profiling.budget import BudgetCheck, failed_checks
 from mobilekit.profiling.report import LatencyReport
 
@@ -25,16 +25,24 @@ class HostLatency:
         artifact: the artifact's path, relative to the model's output directory.
         report: the measurement (``source="host"``, no phone target).
         cached: True when it was read from the measurement cache.
+        variant: the adapter variant the artifact is for (None: the base model).
     """
 
     model: str
     artifact: str
     report: LatencyReport
     cached: bool = False
+    variant: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The artifact as reports name it (see ``artifact_label``)."""
+        return artifact_label(self.artifact, self.variant)
 
     def to_dict(self) -> dict[str, Any]:
         """The report's dict with the build's labels (as in ``build.json``)."""
-        return {**self.report.to_dict(), "model": self.model, "artifact": self.artifact, "cached": self.cached}
+        return {**self.report.to_dict(), "model": self.model, "artifact": self.artifact, "variant": self.variant,
+                "cached": self.cached}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,16 +54,24 @@ class PhoneEstimate:
         artifact: the artifact's path, relative to the model's output directory.
         estimate: the estimate (``source="estimate"``), whose ``model`` is the build's name too.
         cached: True when it was read from the estimate cache.
+        variant: the adapter variant the artifact is for (None: the base model).
     """
 
     model: str
     artifact: str
     estimate: LatencyEstimate
     cached: bool = False
+    variant: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The artifact as reports name it (see ``artifact_label``)."""
+        return artifact_label(self.artifact, self.variant)
 
     def to_dict(self) -> dict[str, Any]:
         """The estimate's dict with the build's labels (as in ``build.json``)."""
-        return {**self.estimate.to_dict(), "model": self.model, "artifact": self.artifact, "cached": self.cached}
+        return {**self.estimate.to_dict(), "model": self.model, "artifact": self.artifact, "variant": self.variant,
+                "cached": self.cached}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -75,7 +75,7 @@ def _measure(artifact: Artifact, manifest: Manifest, entry: ModelEntry, config: 
     cached_path = _json_cache(cache_root, "measurements", key)
     hit = _cached_json(cached_path, LatencyReport.from_dict)
     if hit is not None:
-        return HostLatency(model=entry.name, artifact=artifact.path, report=hit, cached=True), None
+        return HostLatency(model=entry.name, artifact=artifact.path, variant=artifact.adapter, report=hit, cached=True), None
     try:
         # the Artifact (not just its path) carries extra files such as a shared ExecuTorch .ptd;
         # no target: this is a measurement of this host, whatever phone the artifact is built for
@@ -86,7 +86,7 @@ def _measure(artifact: Artifact, manifest: Manifest, entry: ModelEntry, config: 
         logger.warning("could not measure %s: %s", artifact.path, exc)
         return None, f"measuring on this host failed: {type(exc).__name__}: {exc.message}"
     write_json_atomic(cached_path, report.to_dict())
-    return HostLatency(model=entry.name, artifact=artifact.path, report=report), None
+    return HostLatency(model=entry.name, artifact=artifact.path, variant=artifact.adapter, report=report), None
 
 
 def _estimate(artifact: Artifact, target: str, loaded: Any, entry: ModelEntry,
@@ -103,7 +103,8 @@ def _estimate(artifact: Artifact, target: str, loaded: Any, entry: ModelEntry,
     cached_path = _json_cache(cache_root, "estimates", key)
     hit = _cached_json(cached_path, LatencyEstimate.from_dict)
     if hit is not None:
-        return PhoneEstimate(model=entry.name, artifact=artifact.path, estimate=hit, cached=True), None
+        return PhoneEstimate(model=entry.name, artifact=artifact.path, variant=artifact.adapter, estimate=hit,
+                             cached=True), None
     from mobilekit.estimation import estimate
 
     model = loaded()
@@ -116,7 +117,7 @@ def _estimate(artifact: Artifact, target: str, loaded: Any, entry: ModelEntry,
         return None, f"no estimate for {target}: {exc.message}"
     est = replace(est, model=entry.name)
     write_json_atomic(cached_path, est.to_dict())
-    return PhoneEstimate(model=entry.name, artifact=artifact.path, estimate=est), None
+    return PhoneEstimate(model=entry.name, artifact=artifact.path, variant=artifact.adapter, estimate=est), None
 
 
 def _check(entry: ModelEntry, artifact: Artifact, budget: Budget, report: LatencyReport | None,
@@ -126,7 +127,7 @@ def _check(entry: ModelEntry, artifact: Artifact, budget: Budget, report: Latenc
     A limit whose value is missing becomes an ``error`` check with the reason from ``errors``
     (keyed ``host`` or the target name), never a silent omission.
     """
-    label = f"{entry.name}/{artifact.path}"
+    label = f"{entry.name}/{artifact.label}"
     path, stat = artifact.path, budget.stat
     checks: list[BudgetCheck] = []
     if budget.size_mb is not None:

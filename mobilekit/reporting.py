@@ -51,7 +51,7 @@ def artifact_rows(result: BuildResult) -> list[list[str]]:
     rows = []
     for name, manifest in result.manifests.items():
         for a in manifest.artifacts:
-            rows.append([name, a.path, a.recipe.name, ", ".join(a.targets), f"{a.size_bytes / 2**20:.2f} MiB",
+            rows.append([name, a.label, a.recipe.name, ", ".join(a.targets), f"{a.size_bytes / 2**20:.2f} MiB",
                          parity_text(a), sampling_text(a), images_text(a),
                          "cached" if a.cached else f"built in {a.export_seconds:.1f} s"])
     return rows
@@ -63,10 +63,10 @@ def latency_rows(result: BuildResult) -> list[list[str]]:
     for m in result.reports:
         r = m.report
         ci = f"[{r.ci95_low_ms or 0:.2f}, {r.ci95_high_ms or 0:.2f}]"
-        rows.append([m.model, m.artifact, "host (measured)", f"{r.p50_ms:.2f}", ci])
+        rows.append([m.model, m.label, "host (measured)", f"{r.p50_ms:.2f}", ci])
     for p in result.estimates:
         e = p.estimate
-        rows.append([p.model, p.artifact, f"{e.target} (estimate, {e.compute_unit})",
+        rows.append([p.model, p.label, f"{e.target} (estimate, {e.compute_unit})",
                      f"{e.ms:.2f}", f"[{e.low_ms:.2f}, {e.high_ms:.2f}]"])
     return rows
 
@@ -96,5 +96,7 @@ def build_html(result: BuildResult) -> str:
     lead = (f"<p><b class=\"st-{'pass' if result.ok else 'fail'}\">{_html.escape(result.verdict())}</b> — "
             f"{result.exported} artifact(s) built, the rest from the cache, {result.seconds:.1f} s.</p>"
             f"<h2>Artifacts</h2><table><tr>{head}</tr>{body}</table>")
-    return render_html([m.report for m in result.reports], estimates=[p.estimate for p in result.estimates], checks=result.checks,
+    # each estimate carries the build's name for its artifact, so variants sharing a file stay apart
+    estimates = [{**p.estimate.to_dict(), "artifact": p.label} for p in result.estimates]
+    return render_html([m.report for m in result.reports], estimates=estimates, checks=result.checks,
                        title="mobilekit build report", lead=lead)

@@ -163,6 +163,8 @@ def test_coreml_separate_is_one_multifunction_package(setup, tmp_path):
     assert len(paths) == 1 and next(iter(paths)).endswith(".mlpackage")
     info = validate_mlpackage(out / next(iter(paths)))
     assert set(info["functions"]) == {"base", *dirs}
+    # one file, several variants: reports must still tell the rows apart
+    assert len({a.label for a in m.artifacts}) == len(m.artifacts)
     for a in m.artifacts:
         assert a.parity.status == "not-run" and "macOS" in a.parity.reason
         assert a.recipe.deployment_target == "iOS18"

@@ -39,3 +39,11 @@ def test_hash_and_size_of_directories(tmp_path):
     h = sha256_of(d)
     (d / "Data" / "w.bin").write_bytes(b"12346")
     assert sha256_of(d) != h
+
+
+def test_artifact_label_names_the_variant_only_when_the_file_does_not():
+    from mobilekit.artifact import artifact_label
+
+    assert artifact_label("gan-coreml-fp16-model.mlpackage", None) == "gan-coreml-fp16-model.mlpackage"
+    assert artifact_label("gan-coreml-fp16-model.mlpackage", "sepia") == "gan-coreml-fp16-model.mlpackage · sepia"
+    assert artifact_label("sub/gan-executorch-xnnpack-fp32-sepia.pte", "sepia") == "gan-executorch-xnnpack-fp32-sepia.pte"

@@ -193,7 +193,8 @@ def render_html(reports: Sequence[LatencyReport], *, estimates: Sequence[Any] = 
 
     Args:
         reports: measured ``LatencyReport`` objects.
-        estimates: ``LatencyEstimate`` objects or their ``to_dict()`` dicts (target, ms, low_ms, high_ms, roofline).
+        estimates: ``LatencyEstimate`` objects or their ``to_dict()`` dicts (target, ms, low_ms, high_ms, roofline;
+            an optional ``artifact`` label names the bar).
         checks: budget checks (``BudgetCheck``) to list.
         title: page title.
         top: ops shown per report.
@@ -226,6 +227,8 @@ def render_html(reports: Sequence[LatencyReport], *, estimates: Sequence[Any] = 
     for e in ests:
         if e.get("ms") is not None:
             label = f"{e.get('target', '?')} · estimate · {e.get('compute_unit', '')} {e.get('precision', '')}"
+            if e.get("artifact"):
+                label += f" · {e['artifact']}"
             across.append((label, float(e["ms"]), e.get("low_ms"), e.get("high_ms")))
             colors.append(_PALETTE[1])
     if across:
