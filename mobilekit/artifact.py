@@ -86,6 +86,9 @@ class Artifact:
         sampling: agreement with PyTorch over a sampling loop (denoisers exported with ``sampling``).
         images: agreement of the output images as 8-bit pictures (image models exported with ``image``).
         notes: human-readable remarks (fallbacks, skipped checks).
+        op_precisions: weighted ``conv``/``matmul`` op counts by the precision they run at, recorded
+            at export where the file hides them (ExecuTorch ``.pte``: ``{"matmul": {"int8-dynamic": 2}}``,
+            ``"float"`` = unquantized); the latency estimator reads them. None for other formats.
     """
 
     path: str
@@ -106,6 +109,7 @@ class Artifact:
     notes: tuple[str, ...] = ()
     sampling: SamplingParity | None = None
     images: ImageParity | None = None
+    op_precisions: dict[str, dict[str, int]] | None = None
 
     @property
     def format(self) -> str:

@@ -28,7 +28,7 @@ from mobilekit.estimation.calibration_store import DeviceCalibration, FamilyCali
 from mobilekit.estimation.devices import DeviceSpec, peak_key, spec_for
 from mobilekit.estimation.graph import PRECISION_BYTES, GraphCost, analyze
 from mobilekit.estimation.model import FamilyParams, OpArrays, family_key, intensity, predict_ms
-from mobilekit.estimation.precision import artifact_overrides, float_precision, needed_keys, plan
+from mobilekit.estimation.precision import artifact_overrides, needed_keys, op_float_precision, plan
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def _price(cost: GraphCost, t: Any, tname: str, fmt: str | None, prec: str, unit
     from mobilekit.estimation.calibrate import fitted_params, params_for
 
     ops = OpArrays.from_rows([o.to_row() for o in cost.ops])
-    overrides, art_counts = artifact_overrides(artifact, fmt, float_precision(prec, unit))
+    overrides, art_counts = artifact_overrides(artifact, fmt, op_float_precision(prec, unit, fmt))
     main_key = f"{unit}.{peak_key(prec, unit)}"
     keys = tuple(dict.fromkeys((main_key, *needed_keys(ops, fmt=fmt, unit=unit, precision=prec,
                                                         overrides=overrides), "cpu.fp32")))
