@@ -32,7 +32,6 @@ weight-only) and overrides the table for weighted conv and matmul ops.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -369,47 +368,48 @@ def read_pte_precisions(path: str | Path, float_prec: str = "fp32") -> dict[str,
 
     A delegate's payload (XNNPACK's, Core ML's) is opaque, so the ExecuTorch converter counts the
     weighted conv and linear ops of the quantized program before lowering and the export stores
-    the counts as ``op_precisions`` of the artifact in ``manifest.json``.
+    the counts as the artifact's ``op_precisions`` in ``manifest.json``.
 
     Returns:
         ``{"conv": Counter({"fp32": 1}), "matmul": Counter({"int8-dynamic": 1})}`` with
-        ``FLOAT`` read as ``float_prec``; None when no manifest beside the file records the file.
+        ``FLOAT`` read as ``float_prec``; None when no manifest beside the file records its counts.
     """
-    p = Path(path)
-    manifest = p.parent / "manifest.json"
-    try:
-        doc = json.loads(manifest.read_text())
-    except (OSError, ValueError):
+    from mobilekit.artifact import manifest_entry
+
+    _, art = manifest_entry(path)
+    if art is None or art.op_precisions is None:
         return None
-    for a in doc.get("artifacts", ()):
-        if a.get("path") == p.name and a.get("op_precisions") is not None:
-            return {kind: Counter({(float_prec if prec == FLOAT else prec): int(n) for prec, n in c.items()})
-                    for kind, c in a["op_precisions"].items()}
-    return None
+    return {kind: Counter({(float_prec if prec == FLOAT else prec): int(n) for prec, n in c.items()})
+            for kind, c in art.op_precisions.items()}
 
 
 def overrides_from_counts(counts: Mapping[str, Counter[str]]) -> dict[str, str]:
-    """Majority precision per kind (``conv``/``matmul``) of weighted nodes that the artifact has."""
+    """Majority precision per kind (``conv``/``matmul``/``other``) of the ops the artifact has."""
     return {k: c.most_common(1)[0][0] for k, c in counts.items() if c}
 
 
-# artifact suffix -> what reads its per-op precision
-_READERS = {".onnx": read_onnx_precisions, ".tflite": read_tflite_precisions, ".pte": read_pte_precisions}
+# artifact suffix -> (what reads its per-op precision, where that reader looks)
+_READERS = {".onnx": (read_onnx_precisions, "onnx graph"), ".tflite": (read_tflite_precisions, "tflite graph"),
+            ".pte": (read_pte_precisions, "export manifest")}
 
 
-def artifact_overrides(artifact: str | Path | None, fmt: str | None,
-                       float_prec: str = "fp32") -> tuple[dict[str, str], dict[str, dict[str, int]] | None]:
-    """Overrides and raw counts read from an exported artifact.
+def artifact_overrides(artifact: str | Path | None, fmt: str | None, float_prec: str = "fp32",
+                       ) -> tuple[dict[str, str], dict[str, dict[str, int]] | None, str]:
+    """Overrides, raw counts and their source, read from an exported artifact.
 
     ``.onnx`` and ``.tflite`` graphs are read; a ``.pte`` by what its export recorded in the manifest
-    beside it. Other files (a Core ML package), or a ``.pte`` without a manifest, give no overrides
+    beside it. Other files (a Core ML package), or a ``.pte`` without that record, give no overrides
     and None counts: the estimate then prices the recipe table.
+
+    Returns:
+        ``(overrides, counts, source)``: source is ``"onnx graph"``, ``"tflite graph"`` or
+        ``"export manifest"`` when read, else ``"recipe table"``.
     """
     if artifact is None:
-        return {}, None
+        return {}, None, "recipe table"
     p = Path(artifact)
-    reader = _READERS.get(p.suffix)
+    reader, source = _READERS.get(p.suffix, (None, "recipe table"))
     counts = reader(p, float_prec) if reader is not None and p.is_file() else None
     if counts is None:
-        return {}, None
-    return overrides_from_counts(counts), {k: dict(v) for k, v in counts.items()}
+        return {}, None, "recipe table"
+    return overrides_from_counts(counts), {k: dict(v) for k, v in counts.items()}, source
