@@ -24,7 +24,7 @@ import numpy as np
 from mobilekit.errors import ConfigError, MobilekitWarning
 from mobilekit.recipe import Recipe
 from mobilekit.estimation.bands import MIN_ARCHS, MIN_ROWS, Band, band_for
-from mobilekit.estimation.calibration_store import DeviceCalibration, FamilyCalibration, load_device_calibration
+from mobilekit.estimation.calibration_store import DeviceCalibration, FamilyCalibration, find_device_calibration
 from mobilekit.estimation.devices import DeviceSpec, peak_key, spec_for
 from mobilekit.estimation.graph import PRECISION_BYTES, GraphCost, analyze
 from mobilekit.estimation.model import FamilyParams, OpArrays, family_key, intensity, predict_ms
@@ -191,7 +191,7 @@ def estimate(model: Any, example_inputs: Sequence[Any], *, target: Any, format: 
 
     Returns:
         The estimate, with a band and per-op breakdown (``calibration`` and ``notes`` say when
-        your own reports refitted it).
+        your own reports refitted it; ``notes`` also when a stored calibration was ignored as stale).
 
     Raises:
         ConfigError: unknown target, precision or compute unit, or a unit the target lacks.
@@ -203,17 +203,20 @@ def estimate(model: Any, example_inputs: Sequence[Any], *, target: Any, format: 
     """
     tname, t = _resolve_target(target)
     fmt, prec, unit = _recipe_of(t, format, precision, compute_unit, delegate)
-    device_cal = _device_calibration(calibration, tname)
+    device_cal, ignored = _device_calibration(calibration, tname)
     c = cost if cost is not None else analyze(model, example_inputs)
-    return _from_cost(c, t, tname, name or type(model).__name__, fmt, prec, unit, artifact, device_cal)
+    est = _from_cost(c, t, tname, name or type(model).__name__, fmt, prec, unit, artifact, device_cal)
+    return replace(est, notes=[*est.notes, ignored]) if ignored else est
 
 
-def _device_calibration(calibration: bool | str | Path | DeviceCalibration, tname: str) -> DeviceCalibration | None:
+def _device_calibration(calibration: bool | str | Path | DeviceCalibration,
+                        tname: str) -> tuple[DeviceCalibration | None, str | None]:
+    """The user's calibration an estimate uses, and why a stored one was ignored (a note for the estimate)."""
     if isinstance(calibration, DeviceCalibration):
-        return calibration
+        return calibration, None
     if calibration is False or calibration is None:
-        return None
-    return load_device_calibration(tname, None if calibration is True else Path(calibration))
+        return None, None
+    return find_device_calibration(tname, None if calibration is True else Path(calibration))
 
 
 @dataclass(frozen=True)
