@@ -21,10 +21,22 @@ following what this repo's converters (and the runtimes of the calibration set) 
   that XNNPACK dequantizes to fp32 at load, so it runs (and moves bytes) as fp32.
 * ``w8a16`` (QNN): weighted ops w8a16, the rest fp16.
 
-When the exported artifact is at hand, ``read_onnx_precisions`` reads what was quantized from an
-ONNX graph (``MatMulInteger``/``ConvInteger`` = dynamic, ``QLinear*`` or ``DequantizeLinear`` on
-both inputs = static, ``MatMulNBits`` or a dequantized weight with float activations =
-weight-only) and overrides the table for weighted conv and matmul ops.
+When the exported artifact is at hand, what it really quantized overrides the table
+(``artifact_overrides`` picks the reader by suffix; the estimate's ``precision_from`` names it):
+
+* ``.onnx``: ``read_onnx_precisions`` reads the graph (``MatMulInteger``/``ConvInteger`` = dynamic,
+  ``QLinear*`` or ``DequantizeLinear`` on both inputs = static, ``MatMulNBits`` or a dequantized
+  weight with float activations = weight-only) for weighted conv and matmul ops.
+* ``.tflite``: ``read_tflite_precisions`` reads the flatbuffer with LiteRT's generated schema (no
+  interpreter) from tensor types: int8 activations = static, float activations on an int8
+  weight = dynamic (hybrid kernels), a ``DEQUANTIZE`` on the weight = weight-only (int8) or float
+  (float16). It also counts the other ops (``other``): the converter's int8-static fallback keeps
+  only conv/matmul in int8 when the full-integer model loses parity, which the recipe name hides.
+* ``.pte``: a delegate's payload is opaque, so the ExecuTorch converter counts weighted conv and
+  linear ops by their dequantize patterns before lowering, the export stores them as the
+  artifact's ``op_precisions`` in ``manifest.json``, and ``read_pte_precisions`` reads them there.
+
+Anything else (a Core ML package, a ``.pte`` without its manifest) is priced by the table.
 
 ``plan`` turns the per-op precisions into per-op bytes and peaks; both the fit
 (``calibrate.py``) and ``estimate()`` price ops through it.
