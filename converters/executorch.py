@@ -287,15 +287,18 @@ def op_precisions(program: torch.export.ExportedProgram) -> dict[str, dict[str, 
     """
     from torch.export.graph_signature import InputKind
 
-    consts = {s.arg.name for s in program.graph_signature.input_specs if s.kind != InputKind.USER_INPUT}
+    params = {s.arg.name for s in program.graph_signature.input_specs if s.kind != InputKind.USER_INPUT}
+    # nodes computed from parameters and buffers only (a weight's dequantize, torchao's subclass
+    # unpacking); one pass, as the graph is in topological order
+    const: set[torch.fx.Node] = set()
+    for n in program.graph.nodes:
+        inputs = n.all_input_nodes
+        if (n.op == "get_attr" or (n.op == "placeholder" and n.name in params)
+                or (n.op == "call_function" and inputs and all(a in const for a in inputs))):
+            const.add(n)
 
     def dq(n: Any) -> bool:
         return isinstance(n, torch.fx.Node) and n.op == "call_function" and "dequantize" in str(n.target)
-
-    def const(n: Any) -> bool:
-        if not isinstance(n, torch.fx.Node):
-            return False
-        return n.op == "get_attr" or (n.op == "placeholder" and n.name in consts) or (dq(n) and const(n.args[0]))
 
     def run_time_scale(n: torch.fx.Node) -> bool:  # getitem(choose_qparams(x), i) feeds the dequantize
         return any(isinstance(a, torch.fx.Node) and a.args and "choose_qparams" in str(getattr(a.args[0], "target", ""))
@@ -306,7 +309,7 @@ def op_precisions(program: torch.export.ExportedProgram) -> dict[str, dict[str, 
         name = str(n.target).split(".")
         op = name[1] if n.op == "call_function" and name[0] == "aten" and len(name) > 1 else ""
         kind = "matmul" if op == "linear" else "conv" if op in _CONVS else None
-        if kind is None or len(n.args) < 2 or not const(n.args[1]):
+        if kind is None or len(n.args) < 2 or not isinstance(n.args[1], torch.fx.Node) or n.args[1] not in const:
             continue
         act, weight = n.args[0], n.args[1]
         if dq(weight) and dq(act):

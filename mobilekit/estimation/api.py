@@ -234,7 +234,7 @@ class _Priced:
     cpu_params: FamilyParams
     factor: float               # the shipped format factor
     art_counts: dict[str, dict[str, int]] | None
-    precision_from: str = "recipe table"  # or what the artifact's precisions were read from (precision.artifact_overrides)
+    precision_from: str = "recipe table"  # else the artifact reader's source (precision.artifact_overrides)
 
 
 def _price(cost: GraphCost, t: Any, tname: str, fmt: str | None, prec: str, unit: str,
