@@ -46,6 +46,9 @@ class ConvertResult:
         input_names: input names in the artifact, in order.
         output_names: output names in the artifact, in order.
         notes: remarks for the manifest (fallbacks, ops left on the CPU).
+        input_dtypes: input dtypes when the artifact's differ from PyTorch's (int64 -> int32).
+        op_precisions: weighted ``conv``/``matmul`` op counts by precision, for formats whose file
+            does not show them (an ExecuTorch delegate's payload); None when the file is read instead.
     """
 
     filename: str
@@ -55,6 +58,7 @@ class ConvertResult:
     output_names: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     input_dtypes: list[str] | None = None  # when the artifact's inputs differ from PyTorch's (int64 → int32)
+    op_precisions: dict[str, dict[str, int]] | None = None
 
 
 class Converter(Protocol):

@@ -163,6 +163,7 @@ class ExecuTorchConverter:
             program = capture(module, inputs, backend=backend)
             if external:
                 program = _tag_external_weights(program, inputs, backend)
+            precisions = op_precisions(program)
             edge = _lower(program, delegate, coreml_specs, backend, dynamic=recipe.precision == "int8-dynamic")
             notes.extend(_delegation_notes(edge, delegate))
         with timer("serialize"):
@@ -172,7 +173,7 @@ class ExecuTorchConverter:
             notes.append(f"weights in {extra[0]}: load with data_path" if extra
                          else "external_weights: the delegate kept its weights inside the program")
         return ConvertResult(filename=filename, extra_files=extra, stages=timer.stages, input_names=in_names,
-                             output_names=out_names, notes=notes)
+                             output_names=out_names, notes=notes, op_precisions=precisions)
 
 
 def _names() -> tuple[str, ...]:
@@ -265,6 +266,58 @@ def _pt2e_quantizer(delegate: str, *, dynamic: bool) -> Any:
             quantization_scheme="symmetric", activation_dtype=torch.quint8, weight_dtype=torch.qint8,
             weight_per_channel=True))
     return CoreMLQuantizer(cfg)
+
+
+_CONVS = frozenset({"conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "conv_transpose2d",
+                    "conv_transpose3d"})
+
+
+def op_precisions(program: torch.export.ExportedProgram) -> dict[str, dict[str, int]]:
+    """Weighted conv and linear ops of a (quantized) program, counted by the precision they run at.
+
+    Read before lowering, since a delegate's payload hides the ops; the export records the counts in
+    the manifest for the estimator (``estimation.precision.read_pte_precisions``). PT2E leaves a
+    ``dequantize`` on each int8 weight and on each int8 activation, whose scale comes from a
+    ``choose_qparams`` when it is computed at run time: weight and activation dequantized =
+    ``int8-static`` (or ``int8-dynamic``), weight only = ``int8-weight`` (torchao), neither =
+    ``"float"`` (the unit's float precision).
+
+    Returns:
+        ``{"conv": {"float": 1}, "matmul": {"int8-dynamic": 2}}``.
+    """
+    from torch.export.graph_signature import InputKind
+
+    params = {s.arg.name for s in program.graph_signature.input_specs if s.kind != InputKind.USER_INPUT}
+    # nodes computed from parameters and buffers only (a weight's dequantize, torchao's subclass
+    # unpacking); one pass, as the graph is in topological order
+    const: set[torch.fx.Node] = set()
+    for n in program.graph.nodes:
+        inputs = n.all_input_nodes
+        if (n.op == "get_attr" or (n.op == "placeholder" and n.name in params)
+                or (n.op == "call_function" and inputs and all(a in const for a in inputs))):
+            const.add(n)
+
+    def dq(n: Any) -> bool:
+        return isinstance(n, torch.fx.Node) and n.op == "call_function" and "dequantize" in str(n.target)
+
+    def run_time_scale(n: torch.fx.Node) -> bool:  # getitem(choose_qparams(x), i) feeds the dequantize
+        return any(isinstance(a, torch.fx.Node) and a.args and "choose_qparams" in str(getattr(a.args[0], "target", ""))
+                   for a in n.args[1:])
+
+    out: dict[str, dict[str, int]] = {"conv": {}, "matmul": {}}
+    for n in program.graph.nodes:
+        name = str(n.target).split(".")
+        op = name[1] if n.op == "call_function" and name[0] == "aten" and len(name) > 1 else ""
+        kind = "matmul" if op == "linear" else "conv" if op in _CONVS else None
+        if kind is None or len(n.args) < 2 or not isinstance(n.args[1], torch.fx.Node) or n.args[1] not in const:
+            continue
+        act, weight = n.args[0], n.args[1]
+        if dq(weight) and dq(act):
+            prec = "int8-dynamic" if run_time_scale(act) else "int8-static"
+        else:
+            prec = "int8-weight" if dq(weight) else "float"
+        out[kind][prec] = out[kind].get(prec, 0) + 1
+    return out
 
 
 def _tag_external_weights(program: torch.export.ExportedProgram, inputs: tuple[torch.Tensor, ...],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from mobilekit.sampling import SamplingParity
 from mobilekit.recipe import Recipe
 
 MANIFEST_SCHEMA_VERSION = 1
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,6 +100,9 @@ class Artifact:
         sampling: agreement with PyTorch over a sampling loop (denoisers exported with ``sampling``).
         images: agreement of the output images as 8-bit pictures (image models exported with ``image``).
         notes: human-readable remarks (fallbacks, skipped checks).
+        op_precisions: weighted ``conv``/``matmul`` op counts by the precision they run at, recorded
+            at export where the file hides them (ExecuTorch ``.pte``: ``{"matmul": {"int8-dynamic": 2}}``,
+            ``"float"`` = unquantized); the latency estimator reads them. None for other formats.
     """
 
     path: str
@@ -118,6 +123,7 @@ class Artifact:
     notes: tuple[str, ...] = ()
     sampling: SamplingParity | None = None
     images: ImageParity | None = None
+    op_precisions: dict[str, dict[str, int]] | None = None
 
     @property
     def label(self) -> str:
@@ -235,3 +241,22 @@ class Manifest:
     def merge(cls, model: str, parts: Iterable[Artifact], **kw: Any) -> Manifest:
         """A manifest of ``parts``."""
         return cls(model=model, artifacts=tuple(parts), **kw)
+
+
+def manifest_entry(artifact: str | Path) -> tuple[Manifest | None, Artifact | None]:
+    """The ``manifest.json`` beside an exported file, and its record of that file.
+
+    Returns:
+        ``(manifest, artifact)``; ``artifact`` is None when the manifest does not list the file,
+        both are None when there is no readable manifest (a damaged one only loses what it records).
+    """
+    path = Path(artifact)
+    mf = path.parent / "manifest.json"
+    if not mf.is_file():
+        return None, None
+    try:
+        manifest = Manifest.read(mf)
+    except Exception as exc:
+        logger.info("ignoring %s: %s", mf, exc)
+        return None, None
+    return manifest, next((a for a in manifest.artifacts if Path(a.path).name == path.name), None)

@@ -180,7 +180,8 @@ def _check(entry: ModelEntry, artifact: Artifact, budget: Budget, report: Latenc
         # an estimate prices one number (its median); a p90/p99 limit is checked against its high end
         value = None if est is None else est.ms if stat in ("p50", "mean") else est.high_ms
         base = ", base architecture" if artifact.adapter else ""
-        checks.append(evaluate(f"{label} ({target}, estimate{base})", path, f"latency_{stat}_ms", limit, value,
+        own = ", your calibration" if est is not None and est.calibration else ""
+        checks.append(evaluate(f"{label} ({target}, estimate{own}{base})", path, f"latency_{stat}_ms", limit, value,
                                kind="phone", source="estimate", unit="ms", target=target,
                                missing=errors.get(target, "not estimated")))
     return checks

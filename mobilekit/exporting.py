@@ -183,6 +183,7 @@ def _build_one(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...],
     return {"filename": result.filename, "extra_files": list(result.extra_files), "stages": stages,
             "input_names": list(result.input_names), "output_names": list(result.output_names),
             "input_dtypes": result.input_dtypes, "notes": list(result.notes), "parity": parity.to_dict(),
+            "op_precisions": result.op_precisions,
             "sampling": sampled, "images": images,
             "export_seconds": time.perf_counter() - start, "sha256": sha256_of(main),
             "size_bytes": size_of(main) + sum(size_of(p) for p in extra)}
@@ -404,7 +405,8 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
             stages={k: round(v, 4) for k, v in record["stages"].items()}, toolchain=toolchain, cache_key=plan.key,
             cached=cached, extra_files=tuple(extras), notes=tuple(record["notes"]),
             sampling=SamplingParity(**record["sampling"]) if record.get("sampling") else None,
-            images=ImageParity(**record["images"]) if record.get("images") else None))
+            images=ImageParity(**record["images"]) if record.get("images") else None,
+            op_precisions=record.get("op_precisions")))
     manifest = Manifest(model=name, artifacts=tuple(artifacts), toolchain=toolchain, plan=export_plan.to_dict(),
                         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), root=out)
     manifest.write(out)

@@ -230,3 +230,72 @@ def test_sampling_loop_budgets_gate_denoisers_and_name_models_without_a_loop(pro
     art = result.manifests["dit"].artifacts[0]
     assert art.sampling.steps == 3 and art.sampling.psnr_db >= 40
     assert "after 3 ddim steps" in (project / "build" / "mobilekit" / "report.md").read_text()
+
+
+CALIBRATED_CONFIG = """
+[build]
+targets = ["pixel-8"]
+formats = ["onnx"]
+precisions = ["fp32"]
+measure = false
+cache_dir = "cache"
+
+[budgets]
+phone_latency_ms = 1000
+
+[models.mlp]
+spec = "bmodels:mlp"
+"""
+
+
+def test_a_calibration_stored_after_a_build_prices_the_next_one_and_a_stale_one_is_named(
+        tmp_path, monkeypatch, caplog):
+    # not mobilekit.estimation.calibrate: once the submodule calibrate.py is imported, it shadows the function
+    from mobilekit.estimation.device_calibration import calibrate
+    from mobilekit.estimation.api import ESTIMATOR_REVISION
+    from mobilekit.profiling.report import LatencyReport
+
+    store = tmp_path / "store"
+    monkeypatch.setenv("MOBILEKIT_CALIBRATION_DIR", str(store))
+    (tmp_path / "bmodels.py").write_text(MODELS_PY.format(seed=0))
+    (tmp_path / "mobilekit.toml").write_text(CALIBRATED_CONFIG)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _reload_models()
+    first = build(tmp_path / "mobilekit.toml")
+    (shipped,) = first.estimates
+    assert shipped.estimate.calibration is None
+    # the user profiles the built artifact on their Pixel 8: 3x slower than estimated
+    (art,) = first.manifests["mlp"].artifacts
+    report = LatencyReport(artifact=str(first.out / "mlp" / art.path), format="onnx", runtime="onnxruntime",
+                           source="device", device={"name": "Google Pixel 8"}, target="pixel-8",
+                           model="bmodels:mlp", precision="fp32", p50_ms=3 * shipped.estimate.ms)
+    res = calibrate([report.write(tmp_path / "pixel8.json")])
+    assert res.path == store / "pixel-8.json"
+
+    second = build(tmp_path / "mobilekit.toml")
+    assert second.exported == 0
+    (own,) = second.estimates
+    assert not own.cached  # a new calibration invalidates the cached estimate
+    assert own.estimate.ms > 1.5 * shipped.estimate.ms
+    assert own.estimate.calibration["device"] == "pixel-8" and own.estimate.calibration["store"] == str(res.path)
+    doc = json.loads((second.out / "build.json").read_text())
+    assert doc["estimates"][0]["calibration"]["reports"] == 1
+    assert doc["estimates"][0]["roofline"]["params_from"] == "your calibration"
+    (check,) = [c for c in second.checks if c.kind == "phone"]
+    assert "(pixel-8, estimate, your calibration)" in check.report
+
+    # a calibration fitted by another estimator revision is ignored, and the build says which file and why
+    data = json.loads(res.path.read_text())
+    data["estimator_revision"] = ESTIMATOR_REVISION - 1
+    res.path.write_text(json.dumps(data))
+    with caplog.at_level("WARNING"):
+        third = build(tmp_path / "mobilekit.toml")
+    (stale,) = third.estimates
+    assert stale.estimate.calibration is None and stale.estimate.ms == pytest.approx(shipped.estimate.ms)
+    (note,) = [n for n in stale.estimate.notes if "ignored your calibration" in n]
+    assert str(res.path) in note and f"revision {ESTIMATOR_REVISION - 1}" in note
+    warned = [r.getMessage() for r in caplog.records if "ignored your calibration" in r.getMessage()]
+    assert warned == [note]  # once, though both the estimate cache key and the estimate read the store
+    doc = json.loads((third.out / "build.json").read_text())
+    assert note in doc["estimates"][0]["notes"]

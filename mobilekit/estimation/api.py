@@ -24,11 +24,11 @@ import numpy as np
 from mobilekit.errors import ConfigError, MobilekitWarning
 from mobilekit.recipe import Recipe
 from mobilekit.estimation.bands import MIN_ARCHS, MIN_ROWS, Band, band_for
-from mobilekit.estimation.calibration_store import DeviceCalibration, FamilyCalibration, load_device_calibration
+from mobilekit.estimation.calibration_store import DeviceCalibration, FamilyCalibration, find_device_calibration
 from mobilekit.estimation.devices import DeviceSpec, peak_key, spec_for
 from mobilekit.estimation.graph import PRECISION_BYTES, GraphCost, analyze
 from mobilekit.estimation.model import FamilyParams, OpArrays, family_key, intensity, predict_ms
-from mobilekit.estimation.precision import artifact_overrides, float_precision, needed_keys, plan
+from mobilekit.estimation.precision import artifact_overrides, needed_keys, op_float_precision, plan
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,9 @@ class LatencyEstimate:
         per_layer: one dict per costed op: name, op, flops, bytes, ms, bound (``compute``/``memory``), unit,
             precision (what the op runs at: an int8-dynamic recipe leaves convolutions fp32).
         roofline: peak_gops, bandwidth_gbps, intensity (FLOP/byte), achieved_gops, ridge (FLOP/byte),
-            efficiencies, per-op precision counts, and where each spec number came from.
+            efficiencies, per-op precision counts, where each spec number came from, and
+            ``precision_from``: ``recipe table``, or what the artifact's per-op precisions were read
+            from (``onnx graph``, ``tflite graph``, ``export manifest``; counts in ``artifact_precisions``).
         source: always ``estimate`` (a LatencyReport's ``host``/``device`` counterpart).
         band_reason: why the band is wider than its group's own or its coverage unmeasured
             (too few or no calibration latencies); None when it comes from enough data.
@@ -168,7 +170,7 @@ def estimate(model: Any, example_inputs: Sequence[Any], *, target: Any, format: 
 
     Every op is priced at the precision it runs at in the artifact the recipe builds
     (``precision.py``): ``int8-dynamic`` quantizes Linear/MatMul only, so convolutions are priced
-    at fp32; when ``artifact`` is an exported ``.onnx``, what it actually quantized is read from it.
+    at fp32; when ``artifact`` is an exported file, what it actually quantized is read from it.
 
     Args:
         model: a ``torch.nn.Module`` (exportable with ``torch.export``).
@@ -181,14 +183,15 @@ def estimate(model: Any, example_inputs: Sequence[Any], *, target: Any, format: 
         name: model name for the result (default: the class name).
         cost: an already computed ``graph.analyze`` result (skips the export).
         delegate: the recipe's delegate (``xnnpack``, ``coreml``, ...), to pick the compute unit.
-        artifact: path of the exported file; an ``.onnx`` is read for its per-op precision.
+        artifact: path of the exported file, read for its per-op precision: an ``.onnx`` or
+            ``.tflite`` graph, or the export manifest's record of a ``.pte``.
         calibration: ``True``: use the target's calibration from your own reports when
             ``mobilekit calibrate`` stored one (default store); a directory: the store to read;
             ``False``: the shipped fit only; a ``DeviceCalibration``: that one.
 
     Returns:
         The estimate, with a band and per-op breakdown (``calibration`` and ``notes`` say when
-        your own reports refitted it).
+        your own reports refitted it; ``notes`` also when a stored calibration was ignored as stale).
 
     Raises:
         ConfigError: unknown target, precision or compute unit, or a unit the target lacks.
@@ -200,17 +203,20 @@ def estimate(model: Any, example_inputs: Sequence[Any], *, target: Any, format: 
     """
     tname, t = _resolve_target(target)
     fmt, prec, unit = _recipe_of(t, format, precision, compute_unit, delegate)
-    device_cal = _device_calibration(calibration, tname)
+    device_cal, ignored = _device_calibration(calibration, tname)
     c = cost if cost is not None else analyze(model, example_inputs)
-    return _from_cost(c, t, tname, name or type(model).__name__, fmt, prec, unit, artifact, device_cal)
+    est = _from_cost(c, t, tname, name or type(model).__name__, fmt, prec, unit, artifact, device_cal)
+    return replace(est, notes=[*est.notes, ignored]) if ignored else est
 
 
-def _device_calibration(calibration: bool | str | Path | DeviceCalibration, tname: str) -> DeviceCalibration | None:
+def _device_calibration(calibration: bool | str | Path | DeviceCalibration,
+                        tname: str) -> tuple[DeviceCalibration | None, str | None]:
+    """The user's calibration an estimate uses, and why a stored one was ignored (a note for the estimate)."""
     if isinstance(calibration, DeviceCalibration):
-        return calibration
+        return calibration, None
     if calibration is False or calibration is None:
-        return None
-    return load_device_calibration(tname, None if calibration is True else Path(calibration))
+        return None, None
+    return find_device_calibration(tname, None if calibration is True else Path(calibration))
 
 
 @dataclass(frozen=True)
@@ -228,6 +234,7 @@ class _Priced:
     cpu_params: FamilyParams
     factor: float               # the shipped format factor
     art_counts: dict[str, dict[str, int]] | None
+    precision_from: str = "recipe table"  # else the artifact reader's source (precision.artifact_overrides)
 
 
 def _price(cost: GraphCost, t: Any, tname: str, fmt: str | None, prec: str, unit: str,
@@ -235,7 +242,7 @@ def _price(cost: GraphCost, t: Any, tname: str, fmt: str | None, prec: str, unit
     from mobilekit.estimation.calibrate import fitted_params, params_for
 
     ops = OpArrays.from_rows([o.to_row() for o in cost.ops])
-    overrides, art_counts = artifact_overrides(artifact, fmt, float_precision(prec, unit))
+    overrides, art_counts, precision_from = artifact_overrides(artifact, fmt, op_float_precision(prec, unit, fmt))
     main_key = f"{unit}.{peak_key(prec, unit)}"
     keys = tuple(dict.fromkeys((main_key, *needed_keys(ops, fmt=fmt, unit=unit, precision=prec,
                                                         overrides=overrides), "cpu.fp32")))
@@ -265,7 +272,7 @@ def _price(cost: GraphCost, t: Any, tname: str, fmt: str | None, prec: str, unit
     factor = cal.format_factor.get(_FORMAT_OF.get(fmt or "", fmt or ""), 1.0)
     return _Priced(ops=ops, op_plan=op_plan, spec=spec, platform=platform, peak=peak, main_key=main_key,
                    params=params, cpu_params=params_for(cal, platform, "cpu", "fp32"), factor=factor,
-                   art_counts=art_counts)
+                   art_counts=art_counts, precision_from=precision_from)
 
 
 def _user_band(fam: FamilyCalibration, shipped: Band) -> Band:
@@ -294,6 +301,9 @@ def _from_cost(cost: GraphCost, t: Any, tname: str, model_name: str, fmt: str | 
     fam = device_cal.lookup(unit, prec) if device_cal is not None else None
     calibration: dict[str, Any] | None = None
     notes: list[str] = []
+    if artifact is not None and p.art_counts is None:
+        notes.append(f"per-op precision from the recipe table: {Path(artifact).name} shows none "
+                     "(only .onnx, .tflite and a .pte listed in its export's manifest.json do)")
     if fam is not None and device_cal is not None:  # the user's own reports refitted this family on this device
         params, band = fam.params, _user_band(fam, band)
         notes.append(_calibration_note(tname, fam, device_cal))
@@ -306,7 +316,7 @@ def _from_cost(cost: GraphCost, t: Any, tname: str, model_name: str, fmt: str | 
                                              cpu_peak_gops=spec.peaks.get("cpu.fp32"), cpu_params=p.cpu_params,
                                              op_bytes=op_plan.byts)
     total, per_op = total * factor, per_op * factor
-    peak, art_counts, main_key = p.peak, p.art_counts, p.main_key
+    peak, art_counts, main_key, precision_from = p.peak, p.art_counts, p.main_key, p.precision_from
     # ops handed to the CPU run there at fp32
     byts = np.where(taken, op_plan.byts, ops.bytes_at("fp32"))
     op_prec = np.where(taken, op_plan.precision, "fp32")
@@ -326,7 +336,7 @@ def _from_cost(cost: GraphCost, t: Any, tname: str, model_name: str, fmt: str | 
                 "band_from": band.key, "band_n": band.n,
                 "op_precisions": dict(sorted(counts.items())),
                 "flops_by_precision": dict(sorted(flops_by.items())),
-                "precision_from": "artifact" if art_counts is not None else "recipe",
+                "precision_from": precision_from,
                 **({"artifact_precisions": art_counts} if art_counts is not None else {}),
                 "peaks_used": {k: spec.peaks[k] for k in sorted(set(op_plan.keys.tolist()))},
                 "spec_sources": {"peak": spec.sources.get(main_key, "profile"), "bandwidth": spec.sources.get("bw", "profile")},

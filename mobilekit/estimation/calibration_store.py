@@ -143,9 +143,16 @@ class DeviceCalibration:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def load_device_calibration(device: str, store: str | Path | None = None) -> DeviceCalibration | None:
-    """The stored calibration of ``device``, or None when there is none (or it is from another
-    estimator revision, which is logged).
+def find_device_calibration(device: str, store: str | Path | None = None
+                            ) -> tuple[DeviceCalibration | None, str | None]:
+    """The stored calibration of ``device`` an estimate may use, and why a stored one is not used.
+
+    A calibration fitted by another estimator revision is not used (the shipped params it was
+    refitted from have changed): the second item then names its file and both revisions, and the
+    same message is logged as a warning (once per file and revision in a process).
+
+    Returns:
+        ``(calibration, None)``, ``(None, None)`` when none is stored, ``(None, message)`` when stale.
 
     Raises:
         ConfigError: the file exists but cannot be read.
@@ -154,18 +161,36 @@ def load_device_calibration(device: str, store: str | Path | None = None) -> Dev
 
     path = store_path(device, store)
     if not path.is_file():
-        return None
+        return None, None
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"cannot read the calibration of {device}: {exc}", where=str(path),
                           fix=f"run `mobilekit calibrate --reset --device {device}` and calibrate again") from exc
     cal = DeviceCalibration.from_dict(data, path)
-    if cal.estimator_revision != ESTIMATOR_REVISION:
-        logger.warning("ignoring the calibration of %s in %s: fitted for estimator revision %d, this is %d; "
-                       "run `mobilekit calibrate` again", device, path, cal.estimator_revision, ESTIMATOR_REVISION)
-        return None
-    return cal
+    if cal.estimator_revision == ESTIMATOR_REVISION:
+        return cal, None
+    message = (f"ignored your calibration of {device} in {path}: it was fitted by estimator revision "
+               f"{cal.estimator_revision}, this mobilekit's is {ESTIMATOR_REVISION}; the shipped fit priced "
+               f"this estimate (run `mobilekit calibrate` on your reports again, or "
+               f"`mobilekit calibrate --reset --device {device}`)")
+    if (str(path), cal.estimator_revision) not in _WARNED:  # a build asks per artifact and target: say it once
+        _WARNED.add((str(path), cal.estimator_revision))
+        logger.warning("%s", message)
+    return None, message
+
+
+_WARNED: set[tuple[str, int]] = set()
+
+
+def load_device_calibration(device: str, store: str | Path | None = None) -> DeviceCalibration | None:
+    """The stored calibration of ``device``, or None when there is none (or it is from another
+    estimator revision: see ``find_device_calibration``).
+
+    Raises:
+        ConfigError: the file exists but cannot be read.
+    """
+    return find_device_calibration(device, store)[0]
 
 
 def write_device_calibration(cal: DeviceCalibration, store: str | Path | None = None) -> Path:
@@ -188,6 +213,9 @@ def reset_calibration(device: str, store: str | Path | None = None) -> Path | No
 
 
 def calibration_fingerprint(device: str, store: str | Path | None = None) -> str:
-    """``fingerprint()`` of ``device``'s stored calibration, ``shipped`` when it has none."""
-    cal = load_device_calibration(device, store)
-    return cal.fingerprint() if cal is not None else "shipped"
+    """``fingerprint()`` of ``device``'s stored calibration, ``shipped`` when it has none, ``stale-...``
+    when an ignored one is stored (an estimate cached before it was stored lacks the note saying so)."""
+    cal, stale = find_device_calibration(device, store)
+    if cal is not None:
+        return cal.fingerprint()
+    return "stale-" + hashlib.sha256(stale.encode()).hexdigest()[:16] if stale else "shipped"

@@ -240,20 +240,10 @@ def _artifact_path(inp: _Input) -> Path:
 
 def _manifest_entry(artifact: Path) -> tuple[str | None, Any]:
     """(model name, Artifact) from the ``manifest.json`` beside ``artifact`` when it lists it."""
-    mf = artifact.parent / "manifest.json"
-    if not mf.is_file():
-        return None, None
-    try:
-        from mobilekit.artifact import Manifest
+    from mobilekit.artifact import manifest_entry
 
-        manifest = Manifest.read(mf)
-    except Exception as exc:  # a damaged manifest only loses the hints it would give
-        logger.info("ignoring %s: %s", mf, exc)
-        return None, None
-    for a in manifest.artifacts:
-        if Path(a.path).name == artifact.name:
-            return manifest.model, a
-    return manifest.model, None
+    manifest, art = manifest_entry(artifact)
+    return (manifest.model if manifest is not None else None), art
 
 
 def _device_of(inp: _Input, device: str | None) -> str:

@@ -21,10 +21,22 @@ following what this repo's converters (and the runtimes of the calibration set) 
   that XNNPACK dequantizes to fp32 at load, so it runs (and moves bytes) as fp32.
 * ``w8a16`` (QNN): weighted ops w8a16, the rest fp16.
 
-When the exported artifact is at hand, ``read_onnx_precisions`` reads what was quantized from an
-ONNX graph (``MatMulInteger``/``ConvInteger`` = dynamic, ``QLinear*`` or ``DequantizeLinear`` on
-both inputs = static, ``MatMulNBits`` or a dequantized weight with float activations =
-weight-only) and overrides the table for weighted conv and matmul ops.
+When the exported artifact is at hand, what it really quantized overrides the table
+(``artifact_overrides`` picks the reader by suffix; the estimate's ``precision_from`` names it):
+
+* ``.onnx``: ``read_onnx_precisions`` reads the graph (``MatMulInteger``/``ConvInteger`` = dynamic,
+  ``QLinear*`` or ``DequantizeLinear`` on both inputs = static, ``MatMulNBits`` or a dequantized
+  weight with float activations = weight-only) for weighted conv and matmul ops.
+* ``.tflite``: ``read_tflite_precisions`` reads the flatbuffer with LiteRT's generated schema (no
+  interpreter) from tensor types: int8 activations = static, float activations on an int8
+  weight = dynamic (hybrid kernels), a ``DEQUANTIZE`` on the weight = weight-only (int8) or float
+  (float16). It also counts the other ops (``other``): the converter's int8-static fallback keeps
+  only conv/matmul in int8 when the full-integer model loses parity, which the recipe name hides.
+* ``.pte``: a delegate's payload is opaque, so the ExecuTorch converter counts weighted conv and
+  linear ops by their dequantize patterns before lowering, the export stores them as the
+  artifact's ``op_precisions`` in ``manifest.json``, and ``read_pte_precisions`` reads them there.
+
+Anything else (a Core ML package, a ``.pte`` without its manifest) is priced by the table.
 
 ``plan`` turns the per-op precisions into per-op bytes and peaks; both the fit
 (``calibrate.py``) and ``estimate()`` price ops through it.
@@ -62,6 +74,15 @@ def float_precision(precision: str, unit: str) -> str:
     return "fp32"
 
 
+def op_float_precision(precision: str, unit: str, fmt: str | None) -> str:
+    """The float precision an artifact's unquantized ops run at: ``float_precision``, except TFLite on
+    a CPU, where every float op runs at fp32 (its fp16 recipe only casts weights, which XNNPACK
+    dequantizes to fp32 at load)."""
+    if fmt == "tflite" and unit in ("cpu", "cpu1"):
+        return "fp32"
+    return float_precision(precision, unit)
+
+
 def kind_precision(kind: str, weighted: bool, *, fmt: str | None, unit: str, precision: str) -> str:
     """Precision (a key of ``PRECISION_BYTES``) of one op of ``kind`` under a recipe.
 
@@ -73,11 +94,9 @@ def kind_precision(kind: str, weighted: bool, *, fmt: str | None, unit: str, pre
         precision: the recipe's precision.
     """
     unit = "cpu" if unit == "cpu1" else unit
-    flt = float_precision(precision, unit)
+    flt = op_float_precision(precision, unit, fmt)
     if precision in ("fp32", "fp16"):
-        if precision == "fp16" and fmt == "tflite" and unit == "cpu":
-            return "fp32"
-        return flt if unit == "npu" else precision
+        return flt
     if precision == "w8a16":
         return "w8a16" if weighted else "fp16"
     if precision == "int8-weight":
@@ -111,15 +130,20 @@ def op_precisions(kind: np.ndarray, weight_elems: np.ndarray, *, fmt: str | None
         kind: per-op index into ``graph.KINDS`` (``OpArrays.kind``).
         weight_elems: per-op weight elements (``OpArrays.weight_elems``).
         fmt, unit, precision: the recipe (see ``kind_precision``).
-        overrides: ``{"conv"|"matmul": precision}`` read from an exported artifact; applies to
-            weighted ops of that kind (``conv`` covers depthwise convs).
+        overrides: ``{"conv"|"matmul"|"other": precision}`` read from an exported artifact;
+            ``conv`` and ``matmul`` apply to weighted ops of that kind (``conv`` covers depthwise
+            convs), ``other`` to every other op (a TFLite int8-static model that kept only its
+            compute ops in int8 runs the rest in float).
     """
     table = {(i, w): kind_precision(k, w, fmt=fmt, unit=unit, precision=precision)
              for i, k in enumerate(KINDS) for w in (False, True)}
-    if overrides:
-        for name, prec in overrides.items():
-            for k in (("conv", "dwconv") if name == "conv" else (name,)):
-                table[(_K[k], True)] = prec
+    overrides = dict(overrides or {})
+    if "other" in overrides:
+        table = dict.fromkeys(table, overrides.pop("other")) | {
+            (_K[k], True): table[(_K[k], True)] for k in ("conv", "dwconv", "matmul")}
+    for name, prec in overrides.items():
+        for k in (("conv", "dwconv") if name == "conv" else (name,)):
+            table[(_K[k], True)] = prec
     weighted = np.asarray(weight_elems) > 0
     out = np.empty(len(kind), dtype=object)
     for j, (k, w) in enumerate(zip(np.asarray(kind).tolist(), weighted.tolist())):
@@ -241,18 +265,163 @@ def read_onnx_precisions(path: str | Path, float_prec: str = "fp32") -> dict[str
     return out
 
 
+# --- what an exported TFLite flatbuffer actually quantized ------------------------------------
+
+# weighted op -> (kind, index of its activation input, index of its weight input)
+_TFL_WEIGHTED = {"CONV_2D": ("conv", 0, 1), "DEPTHWISE_CONV_2D": ("conv", 0, 1), "CONV_3D": ("conv", 0, 1),
+                 "TRANSPOSE_CONV": ("conv", 2, 1), "CONV_3D_TRANSPOSE": ("conv", 2, 1),
+                 "FULLY_CONNECTED": ("matmul", 0, 1), "BATCH_MATMUL": ("matmul", 0, 1)}
+# conversions at the edges of int8 regions, not arithmetic of the model
+_TFL_CASTS = frozenset({"QUANTIZE", "DEQUANTIZE"})
+
+
+def _tflite_schema() -> Any:
+    """The flatbuffer schema module LiteRT ships (pure Python over ``flatbuffers``: no interpreter)."""
+    from mobilekit._deps import require
+
+    return require("ai_edge_litert.schema_py_generated", extra="tflite", purpose="to read .tflite graphs")
+
+
+def _tflite_weighted_precision(act: str, weight: str, dequantized: bool, float_prec: str) -> str:
+    """Precision of a conv/matmul from its activation and weight tensor types (schema names).
+
+    ``dequantized``: the weight reaches the op through a DEQUANTIZE (the op itself computes in float).
+    """
+    if act in ("INT8", "UINT8"):
+        return "int8-static"
+    if weight in ("INT8", "INT4") and not dequantized:
+        return "int8-dynamic"  # a hybrid kernel: float activations quantized at run time
+    if weight in ("INT8", "INT4"):
+        return "int8-weight"
+    return float_prec  # float32, or float16 weights dequantized at load
+
+
+def read_tflite_precisions(path: str | Path, float_prec: str = "fp32") -> dict[str, Counter[str]]:
+    """Count the ops of a ``.tflite`` by the precision they run at, reading the flatbuffer directly.
+
+    A conv (``CONV_2D``, ``DEPTHWISE_CONV_2D``, ``TRANSPOSE_CONV``, 3-D ones) or matmul
+    (``FULLY_CONNECTED``, ``BATCH_MATMUL``) is weighted when its weight is a constant buffer,
+    directly or through a ``DEQUANTIZE``. Its precision comes from the tensor types, as
+    ai-edge-quantizer writes them: int8 activations = ``int8-static``; float activations with an
+    int8 weight = ``int8-dynamic`` (``dynamic_wi8_afp32``: hybrid kernels); an int8 weight through
+    a ``DEQUANTIZE`` = ``int8-weight`` (``weight_only_wi8_afp32``); float32 or dequantized float16
+    weights = ``float_prec``. Every other op (QUANTIZE/DEQUANTIZE and integer index ops aside) is
+    counted under ``other``: ``int8-static`` on int8 inputs, else ``float_prec``; that is what
+    tells a full-integer int8-static model from the converter's compute-ops-only fallback.
+
+    Args:
+        path: the ``.tflite`` file (memory-mapped, not loaded).
+        float_prec: the precision float ops run at on the estimated unit.
+
+    Returns:
+        ``{"conv": Counter({"int8-dynamic": 1}), "matmul": Counter(...), "other": Counter(...)}``.
+    """
+    import mmap
+
+    s = _tflite_schema()
+    names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
+    types = {v: k for k, v in vars(s.TensorType).items() if not k.startswith("_")}
+    out: dict[str, Counter[str]] = {"conv": Counter(), "matmul": Counter(), "other": Counter()}
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        model = s.Model.GetRootAs(buf, 0)
+        for si in range(model.SubgraphsLength()):
+            _count_tflite_subgraph(model, model.Subgraphs(si), names, types, float_prec, out)
+    return out
+
+
+def _count_tflite_subgraph(model: Any, g: Any, names: Mapping[int, str], types: Mapping[int, str],
+                           float_prec: str, out: dict[str, Counter[str]]) -> None:
+    ops = [g.Operators(i) for i in range(g.OperatorsLength())]
+
+    def op_name(op: Any) -> str:
+        code = model.OperatorCodes(op.OpcodeIndex())
+        # builtin codes past 127 live in BuiltinCode; older files only fill the deprecated byte
+        return names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
+
+    producer = {op.Outputs(j): op for op in ops for j in range(op.OutputsLength())}
+
+    def const(t: int) -> bool:
+        b = model.Buffers(g.Tensors(t).Buffer())
+        return b is not None and (b.DataLength() > 0 or b.Size() > 0)  # Size: data past the 2 GB flatbuffer
+
+    def ttype(t: int) -> str:
+        return types.get(g.Tensors(t).Type(), "?")
+
+    for op in ops:
+        name = op_name(op)
+        if name in _TFL_CASTS:
+            continue
+        inputs = [op.Inputs(j) for j in range(op.InputsLength())]
+        weighted = _TFL_WEIGHTED.get(name)
+        if weighted is not None and len(inputs) > max(weighted[1:]):
+            kind, a, w = weighted
+            src = producer.get(inputs[w])
+            dequantized = src is not None and op_name(src) == "DEQUANTIZE" and src.InputsLength() > 0
+            wt = src.Inputs(0) if dequantized else inputs[w]
+            if const(wt):
+                out[kind][_tflite_weighted_precision(ttype(inputs[a]), ttype(wt), dequantized, float_prec)] += 1
+                continue
+        act = next((ttype(t) for t in inputs if t >= 0 and not const(t)), None)
+        if act in ("INT8", "UINT8"):
+            out["other"]["int8-static"] += 1
+        elif act in ("FLOAT32", "FLOAT16"):
+            out["other"][float_prec] += 1
+        # integer/bool inputs (shapes, indices) or only constants: nothing the estimator prices by precision
+
+
+# --- what an ExecuTorch program was quantized to, recorded at export time -------------------------
+
+# the placeholder the ExecuTorch converter records for unquantized ops (their float width is the unit's)
+FLOAT = "float"
+
+
+def read_pte_precisions(path: str | Path, float_prec: str = "fp32") -> dict[str, Counter[str]] | None:
+    """Per-op precision counts of a ``.pte``, from the manifest the export wrote beside it.
+
+    A delegate's payload (XNNPACK's, Core ML's) is opaque, so the ExecuTorch converter counts the
+    weighted conv and linear ops of the quantized program before lowering and the export stores
+    the counts as the artifact's ``op_precisions`` in ``manifest.json``.
+
+    Returns:
+        ``{"conv": Counter({"fp32": 1}), "matmul": Counter({"int8-dynamic": 1})}`` with
+        ``FLOAT`` read as ``float_prec``; None when no manifest beside the file records its counts.
+    """
+    from mobilekit.artifact import manifest_entry
+
+    _, art = manifest_entry(path)
+    if art is None or art.op_precisions is None:
+        return None
+    return {kind: Counter({(float_prec if prec == FLOAT else prec): int(n) for prec, n in c.items()})
+            for kind, c in art.op_precisions.items()}
+
+
 def overrides_from_counts(counts: Mapping[str, Counter[str]]) -> dict[str, str]:
-    """Majority precision per kind (``conv``/``matmul``) of weighted nodes that the artifact has."""
+    """Majority precision per kind (``conv``/``matmul``/``other``) of the ops the artifact has."""
     return {k: c.most_common(1)[0][0] for k, c in counts.items() if c}
 
 
-def artifact_overrides(artifact: str | Path | None, fmt: str | None,
-                       float_prec: str = "fp32") -> tuple[dict[str, str], dict[str, dict[str, int]] | None]:
-    """Overrides and raw counts read from an exported artifact (ONNX only; others: none)."""
+# artifact suffix -> (what reads its per-op precision, where that reader looks)
+_READERS = {".onnx": (read_onnx_precisions, "onnx graph"), ".tflite": (read_tflite_precisions, "tflite graph"),
+            ".pte": (read_pte_precisions, "export manifest")}
+
+
+def artifact_overrides(artifact: str | Path | None, fmt: str | None, float_prec: str = "fp32",
+                       ) -> tuple[dict[str, str], dict[str, dict[str, int]] | None, str]:
+    """Overrides, raw counts and their source, read from an exported artifact.
+
+    ``.onnx`` and ``.tflite`` graphs are read; a ``.pte`` by what its export recorded in the manifest
+    beside it. Other files (a Core ML package), or a ``.pte`` without that record, give no overrides
+    and None counts: the estimate then prices the recipe table.
+
+    Returns:
+        ``(overrides, counts, source)``: source is ``"onnx graph"``, ``"tflite graph"`` or
+        ``"export manifest"`` when read, else ``"recipe table"``.
+    """
     if artifact is None:
-        return {}, None
+        return {}, None, "recipe table"
     p = Path(artifact)
-    if p.suffix != ".onnx" or not p.is_file():
-        return {}, None
-    counts = read_onnx_precisions(p, float_prec)
-    return overrides_from_counts(counts), {k: dict(v) for k, v in counts.items()}
+    reader, source = _READERS.get(p.suffix, (None, "recipe table"))
+    counts = reader(p, float_prec) if reader is not None and p.is_file() else None
+    if counts is None:
+        return {}, None, "recipe table"
+    return overrides_from_counts(counts), {k: dict(v) for k, v in counts.items()}, source

@@ -81,7 +81,7 @@ def test_e2gan_int8_dynamic_rows_show_convs_at_fp32() -> None:
     convs = [r for r in e.per_layer if r["op"].startswith("conv")]
     assert convs and {r["precision"] for r in convs} == {"fp32"}
     assert {r["precision"] for r in e.per_layer if r["op"] == "linear"} == {"int8-dynamic"}
-    assert e.roofline["precision_from"] == "recipe" and e.roofline["op_precisions"]["fp32"] > 0
+    assert e.roofline["precision_from"] == "recipe table" and e.roofline["op_precisions"]["fp32"] > 0
 
 
 def test_precision_table_follows_each_converter() -> None:
@@ -145,7 +145,7 @@ def test_onnx_artifact_precision_is_read_from_the_exported_graph(tmp_path: Path)
     assert dict(counts["matmul"]) == {"int8-dynamic": 1}
     e = estimate(model, x, target="pixel-8", format="onnx", precision="int8-dynamic", compute_unit="cpu",
                  artifact=path)
-    assert e.roofline["precision_from"] == "artifact"
+    assert e.roofline["precision_from"] == "onnx graph"
     assert e.roofline["artifact_precisions"] == {"conv": {"fp32": 1}, "matmul": {"int8-dynamic": 1}}
     by_op = {r["op"]: r["precision"] for r in e.per_layer}
     assert by_op["conv2d"] == "fp32" and by_op["linear"] == "int8-dynamic"

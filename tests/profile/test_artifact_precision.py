@@ -1,0 +1,145 @@
+"""The estimator prices the artifact actually built: per-op precision read from real .tflite files and
+from what an ExecuTorch export recorded, checked against what the converters really produced."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from mobilekit.estimation.api import estimate
+from mobilekit.estimation.precision import artifact_overrides
+
+pytestmark = pytest.mark.slow
+
+
+class _ConvLinear(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8 * 8 * 8, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+class _MaskedSoftmax(torch.nn.Module):
+    """A causal-mask add before a softmax: full-integer int8 flattens it (one int8 step of the
+    -1e4 mask's range is larger than the logits), so the TFLite converter falls back to int8
+    linears with the add and softmax in float."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = torch.nn.Linear(16, 16)
+        self.fc2 = torch.nn.Linear(16, 16, bias=False)
+        with torch.no_grad():
+            self.fc1.weight.mul_(4.0)  # peaked softmax rows: what a flattened one visibly loses
+        self.register_buffer("mask", torch.triu(torch.full((16, 16), -1e4), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.softmax(self.fc1(x) + self.mask, -1))
+
+
+def _export(model: torch.nn.Module, x: tuple[torch.Tensor, ...], fmt: str, precision: str, out: Path) -> Any:
+    from mobilekit import export
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        manifest = export(model, x, targets=["pixel-8"], out_dir=out, precision=precision, formats=[fmt],
+                          verify=False, use_cache=False)
+    (art,) = manifest.artifacts
+    return art, out / art.path
+
+
+def _conv_linear() -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    torch.manual_seed(0)
+    return _ConvLinear().eval(), (torch.randn(1, 3, 8, 8),)
+
+
+def _counts(path: Path) -> dict[str, dict[str, int]] | None:
+    return artifact_overrides(path, None)[1]
+
+
+def test_files_without_a_readable_precision_fall_back_to_the_recipe_table(tmp_path: Path) -> None:
+    (tmp_path / "model.mlpackage").mkdir()
+    (tmp_path / "model.pte").write_bytes(b"")
+    for name in ("model.mlpackage", "model.pte", "missing.tflite"):
+        assert artifact_overrides(tmp_path / name, None) == ({}, None, "recipe table")
+    model, x = _conv_linear()
+    e = estimate(model, x, target="pixel-8", format="executorch", precision="int8-dynamic", compute_unit="cpu",
+                 artifact=tmp_path / "model.pte")  # no manifest beside it
+    assert e.roofline["precision_from"] == "recipe table" and "artifact_precisions" not in e.roofline
+    assert any("model.pte shows none" in n for n in e.notes)
+
+
+@pytest.mark.backend_tflite
+@pytest.mark.xdist_group("tflite")
+def test_tflite_graph_is_read_for_what_each_recipe_quantized(tmp_path: Path) -> None:
+    pytest.importorskip("litert_torch")
+    pytest.importorskip("ai_edge_quantizer")
+    model, x = _conv_linear()
+    # what ai-edge-quantizer writes: dynamic = hybrid conv/FC (float input, int8 weight); weight-only =
+    # a DEQUANTIZE on the int8 weight; static = int8 everywhere; fp16 = a DEQUANTIZE of float16 weights
+    want = {"fp16": ("fp32", "fp32", "fp32"),
+            "int8-weight": ("int8-weight", "int8-weight", "fp32"),
+            "int8-dynamic": ("int8-dynamic", "int8-dynamic", "fp32"),
+            "int8-static": ("int8-static", "int8-static", "int8-static")}
+    for prec, (conv, matmul, other) in want.items():
+        _, path = _export(model, x, "tflite", prec, tmp_path / prec)
+        counts = _counts(path)
+        assert counts is not None, prec
+        assert counts["conv"] == {conv: 1} and counts["matmul"] == {matmul: 1}, (prec, counts)
+        assert set(counts["other"]) == {other}, (prec, counts)  # transposes and the reshape
+    # float ops of a TFLite model run at fp32 on a CPU, at the GPU's fp16 there
+    path = tmp_path / "fp16" / next(p.name for p in (tmp_path / "fp16").glob("*.tflite"))
+    gpu = estimate(model, x, target="pixel-8", format="tflite", precision="fp16", compute_unit="gpu", artifact=path)
+    assert gpu.roofline["precision_from"] == "tflite graph"
+    assert gpu.roofline["artifact_precisions"]["conv"] == {"fp16": 1}
+
+
+@pytest.mark.backend_tflite
+@pytest.mark.xdist_group("tflite")
+def test_tflite_int8_static_fallback_is_priced_as_built_not_as_named(tmp_path: Path) -> None:
+    pytest.importorskip("litert_torch")
+    pytest.importorskip("ai_edge_quantizer")
+    torch.manual_seed(0)
+    model, x = _MaskedSoftmax().eval(), (torch.randn(1, 16, 16),)
+    art, path = _export(model, x, "tflite", "int8-static", tmp_path)
+    assert any("kept the mixed model" in n for n in art.notes), art.notes
+    counts = _counts(path)
+    assert counts == {"conv": {}, "matmul": {"int8-static": 2}, "other": {"fp32": 2}}  # ADD, SOFTMAX
+    kw: dict[str, Any] = {"target": "pixel-8", "format": "tflite", "precision": "int8-static", "compute_unit": "cpu"}
+    table = estimate(model, x, **kw)
+    built = estimate(model, x, artifact=path, **kw)
+    assert table.roofline["precision_from"] == "recipe table" and built.roofline["precision_from"] == "tflite graph"
+    prec = {r["op"]: r["precision"] for r in built.per_layer}
+    assert prec["linear"] == "int8-static" and prec["softmax"] == "fp32" and prec["add"] == "fp32"
+    assert {r["op"]: r["precision"] for r in table.per_layer}["softmax"] == "int8-static"  # the name's promise
+    assert built.ms > table.ms  # float add and softmax cost more than their int8 pricing
+
+
+@pytest.mark.backend_executorch
+@pytest.mark.xdist_group("executorch")
+def test_executorch_export_records_per_op_precision_for_the_estimator(tmp_path: Path) -> None:
+    pytest.importorskip("executorch.exir")
+    model, x = _conv_linear()
+    art, path = _export(model, x, "executorch", "int8-dynamic", tmp_path / "dyn")
+    # XNNPACK's dynamic quantizer is set on nn.Linear only: the conv stays float
+    assert art.op_precisions == {"conv": {"float": 1}, "matmul": {"int8-dynamic": 1}}
+    e = estimate(model, x, target="pixel-8", format="executorch", precision="int8-dynamic", compute_unit="cpu",
+                 artifact=path)
+    assert e.roofline["precision_from"] == "export manifest"
+    assert e.roofline["artifact_precisions"] == {"conv": {"fp32": 1}, "matmul": {"int8-dynamic": 1}}
+    by_op = {r["op"]: r["precision"] for r in e.per_layer}
+    assert by_op["conv2d"] == "fp32" and by_op["linear"] == "int8-dynamic"
+    static, _ = _export(model, x, "executorch", "int8-static", tmp_path / "static")
+    assert static.op_precisions == {"conv": {"int8-static": 1}, "matmul": {"int8-static": 1}}
+    # the record travels with the manifest: a .pte copied away from it is priced by the table
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(path, alone / path.name)
+    assert artifact_overrides(alone / path.name, "executorch")[2] == "recipe table"
