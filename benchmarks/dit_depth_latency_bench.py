@@ -11,8 +11,8 @@ the same machine drift. The speed-up of a round is full p50 / half p50; reported
 median p50 over rounds and the mean speed-up with its 95% Student-t interval over rounds.
 
 Run:
-    .venv/bin/python benchmarks/dit_depth_latency_bench.py                       # DiT-S/2 and DiT-XL/2
-    .venv/bin/python benchmarks/dit_depth_latency_bench.py --configs dit-s-2 --formats executorch onnx
+    .venv/bin/python benchmarks/dit_depth_latency_bench.py                  # DiT-S/2 (both formats), DiT-XL/2 (ONNX)
+    .venv/bin/python benchmarks/dit_depth_latency_bench.py --cells dit-s-2:onnx --rounds 3
 Writes ``benchmarks/results/dit_depth_latency.json`` and ``.md``.
 """
 
@@ -121,23 +121,27 @@ def _markdown(res: dict[str, Any]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["dit-s-2", "dit-xl-2"])
-    ap.add_argument("--formats", nargs="+", choices=["executorch", "onnx"], default=["onnx"],
-                    help="ONNX by default: ExecuTorch lowering of DiT-XL/2 peaks near 12 GB (real_size.md)")
+    ap.add_argument("--cells", nargs="+", default=["dit-s-2:executorch", "dit-s-2:onnx", "dit-xl-2:onnx"],
+                    metavar="CONFIG:FORMAT",
+                    help=f"configs {sorted(CONFIGS)}, formats executorch/onnx; DiT-XL/2 in ONNX only by default: "
+                         "its ExecuTorch lowering peaks near 12 GB RSS (real_size.md)")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seconds", type=float, default=8.0, help="max timed seconds per profile call")
     args = ap.parse_args()
 
+    cells = [c.partition(":")[::2] for c in args.cells]
+    for (name, fmt), cell in zip(cells, args.cells):  # refuse a bad cell before any export
+        if name not in CONFIGS or fmt not in ("executorch", "onnx"):
+            ap.error(f"--cells {cell!r}: want CONFIG:FORMAT with CONFIG in {sorted(CONFIGS)}, FORMAT executorch/onnx")
     load_before = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory(prefix="mk-depth-") as tmp:
-        for name in args.configs:
-            for fmt in args.formats:
-                try:
-                    rows.append(measure(name, fmt, args.rounds, args.threads, args.seconds, Path(tmp)))
-                except Exception as exc:  # one failing cell is a result, not the end of the run
-                    rows.append({"config": name, "format": fmt, "error": f"{type(exc).__name__}: {exc}"[:300]})
+        for name, fmt in cells:
+            try:
+                rows.append(measure(name, fmt, args.rounds, args.threads, args.seconds, Path(tmp)))
+            except Exception as exc:  # one failing cell is a result, not the end of the run
+                rows.append({"config": name, "format": fmt, "error": f"{type(exc).__name__}: {exc}"[:300]})
     out = write_result("dit_depth_latency.json", {"threads": args.threads, "rounds": args.rounds,
                                                   "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
                                                   "paper_speedup": PAPER_SPEEDUP, "rows": rows})

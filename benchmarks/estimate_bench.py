@@ -46,7 +46,7 @@ def _ape_stats(measured: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
 
 def calibration_section() -> dict[str, Any]:
     from mobilekit.estimation.bands import COVERAGE, build_table, nested_coverage
-    from mobilekit.estimation.calibrate import leave_one_model_out, load_features, rows_of
+    from mobilekit.estimation.fit import leave_one_model_out, load_features, rows_of
 
     doc = load_features()
     rows = rows_of(doc)

@@ -250,8 +250,7 @@ spec = "bmodels:mlp"
 
 def test_a_calibration_stored_after_a_build_prices_the_next_one_and_a_stale_one_is_named(
         tmp_path, monkeypatch, caplog):
-    # not mobilekit.estimation.calibrate: once the submodule calibrate.py is imported, it shadows the function
-    from mobilekit.estimation.device_calibration import calibrate
+    from mobilekit.estimation import calibrate
     from mobilekit.estimation.api import ESTIMATOR_REVISION
     from mobilekit.profiling.report import LatencyReport
 

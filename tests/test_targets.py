@@ -25,7 +25,7 @@ from mobilekit.targets import (
 
 PROFILE_DIR = Path(str(importlib.resources.files("mobilekit.profiles")))
 PROFILE_FILES = sorted(PROFILE_DIR.glob("*.toml"))
-from mobilekit.estimation.calibrate import CALIBRATION_CSV  # noqa: E402
+from mobilekit.estimation.fit import CALIBRATION_CSV  # noqa: E402
 REQUIRED = ["iphone-12-pro", "iphone-15-pro", "iphone-16-pro", "iphone-17-pro", "pixel-8", "pixel-10",
             "galaxy-s24", "galaxy-s25"]
 

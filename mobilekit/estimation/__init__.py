@@ -1,7 +1,7 @@
 """Latency estimates without a phone: graph costs × a roofline calibrated on published latencies.
 
 Modules, one job each: ``graph`` (FLOPs and bytes per ATen op), ``devices`` (peak throughput
-and bandwidth per phone), ``model`` (the roofline), ``calibrate`` (fitting it on the published
+and bandwidth per phone), ``model`` (the roofline), ``fit`` (fitting it on the published
 calibration latencies), ``precision`` (which precision each op of a recipe's artifact runs at;
 the fit and ``estimate`` both price ops through it), ``bands`` (per-group uncertainty whose
 claimed coverage is the one measured leave-one-model-out), ``api``

@@ -2,7 +2,7 @@
 
 The model is exported once (``graph.analyze``), every op is priced at the precision it runs at
 (``precision.py``) by the calibrated roofline of the target's compute unit (``model.py`` with the
-efficiencies of ``calibrate.py``), and the total gets the band of its (platform, unit, precision)
+efficiencies of ``fit.py``), and the total gets the band of its (platform, unit, precision)
 group, claiming the coverage measured leave-one-model-out (``bands.py``). When the user has
 calibrated the target on their own reports (``mobilekit calibrate``, ``device_calibration.py``),
 that family's refitted params (and, given enough reports, their own band) replace the shipped
@@ -239,7 +239,7 @@ class _Priced:
 
 def _price(cost: GraphCost, t: Any, tname: str, fmt: str | None, prec: str, unit: str,
            artifact: str | Path | None = None) -> _Priced:
-    from mobilekit.estimation.calibrate import fitted_params, params_for
+    from mobilekit.estimation.fit import fitted_params, params_for
 
     ops = OpArrays.from_rows([o.to_row() for o in cost.ops])
     overrides, art_counts, precision_from = artifact_overrides(artifact, fmt, op_float_precision(prec, unit, fmt))

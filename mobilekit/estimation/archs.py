@@ -368,7 +368,7 @@ def _mnv3_large(minimal: bool, size: int, extra: bool = False) -> nn.Module:
     return mbconv_net(16, stages, 960, act=act)
 
 
-# name -> (builder, input description). Names match the `arch` key calibrate.py assigns to CSV rows.
+# name -> (builder, input description). Names match the `arch` key fit.py assigns to CSV rows.
 ARCHS: dict[str, tuple[Callable[[], Built], str]] = {
     "resnet101@224": (_hf("resnet", 224, depths=[3, 4, 23, 3], layer_type="bottleneck",
                           hidden_sizes=[256, 512, 1024, 2048]), "transformers ResNetConfig depths 3-4-23-3"),

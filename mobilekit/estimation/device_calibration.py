@@ -1,6 +1,6 @@
 """``calibrate``: refit a device's roofline on the user's own measured LatencyReports.
 
-The shipped fit (``calibrate.py``) comes from published latencies of other models on other
+The shipped fit (``fit.py``) comes from published latencies of other models on other
 people's phones. A user who has profiled a few of their own artifacts on their own phone (or
 on this host) knows more about that device; ``calibrate`` turns those reports into a
 per-device calibration that later estimates use (``calibration_store``):
@@ -359,7 +359,7 @@ def _bounds(shipped: FamilyParams, priced: list[Any], measured: list[float]) -> 
 
 
 def _refit(priced: list[Any], measured: list[float], shipped: FamilyParams, key: str) -> FamilyParams:
-    from mobilekit.estimation.calibrate import _fit_one, _params, prepare_priced
+    from mobilekit.estimation.fit import _fit_one, _params, prepare_priced
 
     prep = prepare_priced([(p.ops, p.op_plan.byts, p.op_plan.peak, float(p.spec.bandwidth_gbps)) for p in priced],
                           measured)

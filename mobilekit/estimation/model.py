@@ -9,7 +9,7 @@ arithmetic precision) and DRAM bandwidth ``W`` (GB/s)::
 ``e_c`` (compute efficiency), ``e_m`` (memory efficiency), ``o`` (per-op overhead, µs),
 ``c`` (fixed cost per inference, ms) and ``d`` (how many times dearer a depthwise-conv FLOP
 is than a dense one; 1 for other ops) are fitted per family (platform, compute unit,
-precision) on the calibration set (``calibrate.py``). Ops the unit's delegate does not take (``other`` ops such as sort, topk,
+precision) on the calibration set (``fit.py``). Ops the unit's delegate does not take (``other`` ops such as sort, topk,
 nonzero, gather-by-index) run on the CPU at its fp32 rate, and each switch between the
 accelerator and the CPU costs ``TRANSITION_MS``. Integer-only index math is free: exporters
 fold it into constants.

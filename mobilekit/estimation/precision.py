@@ -39,7 +39,7 @@ When the exported artifact is at hand, what it really quantized overrides the ta
 Anything else (a Core ML package, a ``.pte`` without its manifest) is priced by the table.
 
 ``plan`` turns the per-op precisions into per-op bytes and peaks; both the fit
-(``calibrate.py``) and ``estimate()`` price ops through it.
+(``fit.py``) and ``estimate()`` price ops through it.
 """
 
 from __future__ import annotations

@@ -215,3 +215,13 @@ def test_cli_refusal_is_one_line_with_exit_code(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as info:
         main(["calibrate", str(bad), "--store", str(tmp_path / "store")])
     assert info.value.code == ConfigError.exit_code
+
+
+def test_calibrate_stays_the_function_once_the_fitter_is_imported():
+    # the shipped-calibration fitter was a submodule named ``calibrate``: importing it (every estimate
+    # does) replaced the package attribute, so ``from mobilekit.estimation import calibrate`` got a module
+    import mobilekit.estimation as est
+    import mobilekit.estimation.fit  # noqa: F401
+    from mobilekit.estimation.device_calibration import calibrate as fn
+
+    assert est.calibrate is fn and callable(est.calibrate)

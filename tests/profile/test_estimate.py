@@ -14,7 +14,7 @@ from mobilekit.estimation.api import LatencyEstimate, estimate, estimate_all
 from mobilekit.estimation.graph import analyze
 from tests.fixtures.models import DiTWrapper, tiny_convnet, tiny_dit, tiny_dit_inputs
 
-from mobilekit.estimation.calibrate import CALIBRATION_CSV as CSV  # noqa: E402
+from mobilekit.estimation.fit import CALIBRATION_CSV as CSV  # noqa: E402
 
 
 # --- graph.py: FLOPs against closed forms ------------------------------------------------------
@@ -162,7 +162,7 @@ def test_bad_inputs_name_what_and_where() -> None:
 # --- calibration: features, leave-one-model-out bands ------------------------------------------
 
 def test_calibration_features_match_published_sizes() -> None:
-    from mobilekit.estimation.calibrate import load_features
+    from mobilekit.estimation.fit import load_features
 
     archs = load_features()["archs"]
     # (GMACs, M params) from the architectures' papers/model cards
@@ -177,7 +177,7 @@ def test_calibration_features_match_published_sizes() -> None:
 @pytest.mark.xdist_group("estimate_loo")
 def test_band_holds_calibration_points_at_its_claimed_rate_leave_one_model_out() -> None:
     from mobilekit.estimation.bands import COVERAGE, LOO_PATH, nested_coverage
-    from mobilekit.estimation.calibrate import leave_one_model_out, load_features, rows_of
+    from mobilekit.estimation.fit import leave_one_model_out, load_features, rows_of
 
     doc = load_features()
     rows = rows_of(doc)
@@ -189,7 +189,7 @@ def test_band_holds_calibration_points_at_its_claimed_rate_leave_one_model_out()
     # shipped optimum (seen: 3.6e-5), while a changed model or data set moves predictions by percents
     # and the bands are tens of percent wide, so 1e-3 separates "same fit" from "different fit".
     assert np.allclose(pred, [r["predicted_ms"] for r in shipped["rows"]], rtol=1e-3)
-    from mobilekit.estimation.calibrate import fit, fitted_params
+    from mobilekit.estimation.fit import fit, fitted_params
 
     fresh, used = fit(rows, doc["archs"]), fitted_params()
     assert fresh.format_factor == pytest.approx(used.format_factor, rel=1e-3)
@@ -219,7 +219,7 @@ def test_band_holds_calibration_points_at_its_claimed_rate_leave_one_model_out()
 
 
 def test_every_calibration_row_is_normalised_or_skipped_with_a_reason() -> None:
-    from mobilekit.estimation.calibrate import load_features, parse_rows
+    from mobilekit.estimation.fit import load_features, parse_rows
 
     rows, skipped = parse_rows(CSV)
     with CSV.open() as fh:
@@ -231,7 +231,7 @@ def test_every_calibration_row_is_normalised_or_skipped_with_a_reason() -> None:
 
 
 def test_missing_csv_is_a_clear_error(tmp_path: Path) -> None:
-    from mobilekit.estimation.calibrate import parse_rows
+    from mobilekit.estimation.fit import parse_rows
 
     with pytest.raises(ConfigError, match="not found") as exc:
         parse_rows(tmp_path / "nope.csv")

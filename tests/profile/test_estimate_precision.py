@@ -109,7 +109,7 @@ def test_precision_table_follows_each_converter() -> None:
 def test_fit_and_estimate_price_ops_through_the_same_function() -> None:
     """A calibration row (ExecuTorch XNNPACK int8, mixed int8/fp32 ops) predicted by the fit's
     vectorised path and by estimate() on the same ops and phone gives the same milliseconds."""
-    from mobilekit.estimation.calibrate import _prepare, fitted_params, load_features, predict_rows, rows_of
+    from mobilekit.estimation.fit import _prepare, fitted_params, load_features, predict_rows, rows_of
 
     doc = load_features()
     rows = [r for r in rows_of(doc) if r.format == "executorch" and r.unit == "cpu" and r.precision == "int8-static"]

@@ -255,7 +255,7 @@ def load_features(path: str | None = None) -> dict[str, Any]:
     p = Path(path) if path else FEATURES_PATH
     if not p.is_file():
         raise ConfigError(f"calibration features missing: {p}", where=str(p),
-                          fix="run `python -m mobilekit.estimation.calibrate CSV` to rebuild them")
+                          fix="run `python -m mobilekit.estimation.fit CSV` to rebuild them")
     doc = json.loads(p.read_text())
     for r in doc["rows"]:  # keep in step with parse_rows for files built before a rule changed
         if r["unit"] == "npu" and r["precision"] == "fp32":
@@ -519,8 +519,8 @@ def build_loo(out_path: str | Path | None = None, *,
 
 
 if __name__ == "__main__":
-    # python -m mobilekit.estimation.calibrate CSV   rebuilds both shipped files;
-    # python -m mobilekit.estimation.calibrate --loo-only   only calibration_loo.json (fit, residuals, bands)
+    # python -m mobilekit.estimation.fit CSV   rebuilds both shipped files;
+    # python -m mobilekit.estimation.fit --loo-only   only calibration_loo.json (fit, residuals, bands)
     import sys
 
     logging.basicConfig(level=logging.INFO)
