@@ -13,18 +13,9 @@ import torch
 
 from mobilekit.estimation.api import estimate
 from mobilekit.estimation.precision import artifact_overrides
+from tests.fixtures.models import ConvLinear
 
 pytestmark = pytest.mark.slow
-
-
-class _ConvLinear(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
-        self.fc = torch.nn.Linear(8 * 8 * 8, 16)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.relu(self.conv(x)).flatten(1))
 
 
 class _MaskedSoftmax(torch.nn.Module):
@@ -57,7 +48,7 @@ def _export(model: torch.nn.Module, x: tuple[torch.Tensor, ...], fmt: str, preci
 
 def _conv_linear() -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     torch.manual_seed(0)
-    return _ConvLinear().eval(), (torch.randn(1, 3, 8, 8),)
+    return ConvLinear().eval(), (torch.randn(1, 3, 8, 8),)
 
 
 def _counts(path: Path) -> dict[str, dict[str, int]] | None:

@@ -12,6 +12,7 @@ import torch
 
 from mobilekit.estimation.api import estimate
 from mobilekit.estimation.graph import GraphCost, OpCost, analyze
+from tests.fixtures.models import ConvLinear
 
 
 class _Convs(torch.nn.Module):
@@ -35,16 +36,6 @@ class _Linears(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fcs(x)
-
-
-class _ConvLinear(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
-        self.fc = torch.nn.Linear(8 * 8 * 8, 16)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.relu(self.conv(x)).flatten(1))
 
 
 @pytest.mark.parametrize("fmt", ["executorch", "onnx"])
@@ -133,7 +124,7 @@ def test_onnx_artifact_precision_is_read_from_the_exported_graph(tmp_path: Path)
     from mobilekit.estimation.precision import read_onnx_precisions
 
     torch.manual_seed(0)
-    model, x = _ConvLinear().eval(), (torch.randn(1, 3, 8, 8),)
+    model, x = ConvLinear().eval(), (torch.randn(1, 3, 8, 8),)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         manifest = export(model, x, targets=["pixel-8"], out_dir=tmp_path, precision="int8-dynamic",
