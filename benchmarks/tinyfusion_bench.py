@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from benchmarks._common import ci95  # noqa: E402
 from mobilekit._deps import toolchain_versions  # noqa: E402
 from mobilekit._io import write_json_atomic, write_text_atomic  # noqa: E402
 from mobilekit.train.tinyfusion import DepthPruneConfig, DistillConfig, distill, prune_depth  # noqa: E402
@@ -374,16 +375,6 @@ def main() -> None:
 
 # The issue's names for the methods in tinyfusion_summary.json.
 SUMMARY_NAMES = {"random-best-of-k": "random"}
-
-
-def ci95(xs: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% Student-t interval (0 for a single value)."""
-    from scipy import stats
-
-    m = statistics.mean(xs)
-    if len(xs) < 2:
-        return m, 0.0
-    return m, float(stats.t.ppf(0.975, len(xs) - 1) * statistics.stdev(xs) / len(xs) ** 0.5)
 
 
 def spearman_post_pruning(rows: list[dict]) -> float:
