@@ -14,18 +14,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def ci95(xs: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% Student-t interval (0 for a single value)."""
-    import statistics
-
-    from scipy import stats
-
-    m = statistics.mean(xs)
-    if len(xs) < 2:
-        return m, 0.0
-    return m, float(stats.t.ppf(0.975, len(xs) - 1) * statistics.stdev(xs) / len(xs) ** 0.5)
-
-
 def cpu_name() -> str:
     """The host CPU's model name."""
     try:
@@ -47,6 +35,18 @@ def provenance() -> dict[str, Any]:
                      "python": platform.python_version()},
             "toolchain": toolchain_versions(),
             "date": __import__("datetime").date.today().isoformat()}
+
+
+def ci95(xs: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% Student-t interval (0 for a single value)."""
+    import statistics
+
+    from scipy import stats
+
+    m = statistics.mean(xs)
+    if len(xs) < 2:
+        return m, 0.0
+    return m, float(stats.t.ppf(0.975, len(xs) - 1) * statistics.stdev(xs) / len(xs) ** 0.5)
 
 
 def write_result(name: str, data: dict[str, Any]) -> Path:

@@ -27,12 +27,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from benchmarks._common import ci95  # noqa: E402
+from _common import ci95  # noqa: E402
+
 from mobilekit._deps import toolchain_versions  # noqa: E402
 from mobilekit._io import write_json_atomic, write_text_atomic  # noqa: E402
 from mobilekit.train.tinyfusion import DepthPruneConfig, DistillConfig, distill, prune_depth  # noqa: E402
