@@ -389,8 +389,6 @@ def run_latency(work: Path, seconds: float) -> dict[str, Any]:
                     row["error"] = f"{type(exc).__name__}: {exc}"[:500]
                 rows.append(row)
     mods = dict(g.named_modules())
-    from mobilekit.train.e2gan.lora import layer_lora_cost, lora_targets
-
     rank1 = sum(layer_lora_cost(mods[n]) for n in lora_targets(g))
     return {"model": "E2GANGenerator(E2GANConfig()) at 256x256", "parameters": g.num_parameters(),
             "lora_rank1_all_crucial_parameters": rank1,
