@@ -251,9 +251,9 @@ def _seed_table(seed_res: dict[str, Any]) -> dict[str, dict[str, dict[str, float
     return out
 
 
-def _interval(xs: list[float]) -> dict[str, Any]:
+def _interval(xs: list[float], digits: int = 3) -> dict[str, Any]:
     m, h = ci95(xs)
-    return {"mean": round(m, 3), "ci95": round(h, 3), "n": len(xs), "values": [round(x, 3) for x in xs]}
+    return {"mean": round(m, digits), "ci95": round(h, digits), "n": len(xs), "values": [round(x, digits) for x in xs]}
 
 
 def _stats(per_seed: list[dict[str, dict[str, float]]], methods: list[str]) -> dict[str, Any]:
@@ -297,7 +297,7 @@ def crucial_layer_evidence(seeds: list[dict[str, Any]]) -> dict[str, Any]:
     layers = list(changes[0])
     mean = {n: statistics.mean(ch[n] for ch in changes) for n in layers}
     ranked = sorted(layers, key=lambda n: -mean[n])
-    table = [{"rank": i + 1, "layer": n, "crucial": n in crucial, **_interval([ch[n] for ch in changes])}
+    table = [{"rank": i + 1, "layer": n, "crucial": n in crucial, **_interval([ch[n] for ch in changes], 5)}
              for i, n in enumerate(ranked)]
     k = len(crucial & set(layers))
     per_run_auc = [_auc([ch[n] for n in layers if n in crucial], [ch[n] for n in layers if n not in crucial])
@@ -311,6 +311,7 @@ def crucial_layer_evidence(seeds: list[dict[str, Any]]) -> dict[str, Any]:
             "crucial_mean": round(statistics.mean(mean[n] for n in layers if n in crucial), 5),
             "non_crucial_mean": round(statistics.mean(mean[n] for n in layers if n not in crucial), 5),
             "crucial_in_top_k": sum(r["crucial"] for r in table[:k]), "k": k, "non_crucial": len(layers) - k,
+            "crucial_in_top_k_by_chance": round(k * k / len(layers), 2),
             "auc_crucial_over_non_crucial": _interval(per_run_auc),
             "groups": {g: round(statistics.mean(mean[n] for n in ns), 5) for g, ns in groups.items()}}
 
@@ -419,10 +420,12 @@ def _crucial_md(ev: dict[str, Any]) -> list[str]:
     lines = ["## crucial layers, measured", "",
              f"{ev['measure']} ({ev['runs']} runs). Crucial layers (LoRA targets, `E2GANGenerator._crucial_layers`): "
              f"mean {ev['crucial_mean']:.4f}; the others (ResNet blocks): mean {ev['non_crucial_mean']:.4f}. "
-             f"{ev['crucial_in_top_k']} of the top {ev['k']} layers are crucial ({ev['non_crucial']} layers are not). "
+             f"{ev['crucial_in_top_k']} of the top {ev['k']} layers are crucial ({ev['crucial_in_top_k_by_chance']} expected "
+             f"by chance; {ev['non_crucial']} layers are not crucial). "
              f"AUC (probability that a crucial layer changed more than a non-crucial one; 0.5 = no separation), "
              f"per run: {_ci(auc)}.", "",
-             "Per module group (mean over its layers): " + ", ".join(f"`{g}` {v:.4f}" for g, v in ev["groups"].items())
+             "Per module group (mean over its layers), largest first: "
+             + ", ".join(f"`{g}` {v:.4f}" for g, v in sorted(ev["groups"].items(), key=lambda kv: -kv[1]))
              + ".", "", "| rank | layer | crucial | relative change mean ± 95% CI |", "|---|---|---|---|"]
     lines += [f"| {r['rank']} | `{r['layer']}` | {'yes' if r['crucial'] else 'no'} | {r['mean']:.4f} ± {r['ci95']:.4f} |"
               for r in ev["layers"]]
