@@ -71,6 +71,9 @@ METHODS = [("lora-searched", "lora", "search", None), ("lora-uniform", "lora", "
            ("lora-searched-random-subset", "lora", "search", "random")]
 ZERO_SHOT = "base-zero-shot"
 REFERENCE = "lora-searched"  # paired differences are taken against the default method
+# further paired contrasts (a, b): a - b per seed; the subset question is k-means against random
+CONTRASTS = [("lora-searched-subset", "lora-searched-random-subset"), ("lora-searched-subset", "lora-searched"),
+             ("lora-searched", "full-finetune")]
 ORDER = [m[0] for m in METHODS[:5]] + [ZERO_SHOT] + [m[0] for m in METHODS[5:]]
 LR = {"lora": 2e-3, "full": 5e-4, "scratch": 5e-4}
 BASE_LR = 5e-4
@@ -263,9 +266,13 @@ def _stats(per_seed: list[dict[str, dict[str, float]]], methods: list[str]) -> d
         out[m] = {k: _interval([s[m][k] for s in per_seed]) for k in ("psnr", "psnr_equal_seconds", "seconds")}
         out[m]["stored_bytes"] = round(statistics.mean(s[m]["stored_bytes"] for s in per_seed))
         if m != REFERENCE:
-            out[m]["minus_" + REFERENCE] = {
-                k: _interval([s[m][k] - s[REFERENCE][k] for s in per_seed]) for k in ("psnr", "psnr_equal_seconds")}
+            out[m]["minus_" + REFERENCE] = _paired(per_seed, m, REFERENCE)
     return out
+
+
+def _paired(per_seed: list[dict[str, dict[str, float]]], a: str, b: str) -> dict[str, Any]:
+    """Interval of the per-seed difference a - b (same seed, base and data: the noise they share cancels)."""
+    return {k: _interval([s[a][k] - s[b][k] for s in per_seed]) for k in ("psnr", "psnr_equal_seconds")}
 
 
 def analyse(quality: dict[str, Any]) -> dict[str, Any]:
@@ -280,8 +287,9 @@ def analyse(quality: dict[str, Any]) -> dict[str, Any]:
     # averaging over concepts first makes the seed the unit of replication (n = seeds)
     averaged = [{m: {k: statistics.mean(t[c][m][k] for c in concepts) for k in t[concepts[0]][m]} for m in methods}
                 for t in tables]
+    contrasts = {f"{a} minus {b}": _paired(averaged, a, b) for a, b in CONTRASTS if a in methods and b in methods}
     return {"n_seeds": len(seeds), "per_concept": per_concept, "averaged": _stats(averaged, methods),
-            "crucial_layers": crucial_layer_evidence(seeds)}
+            "contrasts": contrasts, "crucial_layers": crucial_layer_evidence(seeds)}
 
 
 def _auc(high: list[float], low: list[float]) -> float:
@@ -475,7 +483,10 @@ def to_markdown(res: dict[str, Any]) -> str:
              "Mean ± 95% Student-t half-width over seeds. *Equal steps*: PSNR after the last step. *Equal seconds*: "
              "the PSNR each method had reached on its evaluation curve at the shortest total time (setup + training) "
              "of any method of that concept and seed. Δ: paired difference against the same seed's "
-             f"{REFERENCE} run.", "", "## averaged over the held-out concepts", "", *_method_table(an["averaged"]), ""]
+             f"{REFERENCE} run.", "", "## averaged over the held-out concepts", "", *_method_table(an["averaged"]), "",
+             "Other paired contrasts (concept average, per seed): "
+             + "; ".join(f"{k}: {_ci(v['psnr'])} dB at equal steps, {_ci(v['psnr_equal_seconds'])} dB at equal seconds"
+                         for k, v in an.get("contrasts", {}).items()) + ".", ""]
     for concept, st in an["per_concept"].items():
         lines += [f"## held-out concept `{concept}`", "",
                   f"identity (output = source): PSNR {q['identity_psnr'][concept]} dB; equal-seconds time per seed: "
