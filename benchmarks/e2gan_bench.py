@@ -200,7 +200,8 @@ def run_seed(mode: dict[str, Any], work: Path, seed: int) -> dict[str, Any]:
             runs[spec[0]] = record
             if spec[1] == "full":
                 weight_change = relative_weight_change(base.generator, res.generator)
-        concepts[concept] = {"base_zero_shot_psnr": zero_shot, "runs": runs, "full_finetune_weight_change": weight_change}
+        concepts[concept] = {"base_zero_shot_psnr": zero_shot, "runs": runs,
+                             "full_finetune_weight_change": weight_change}
     return {"seed": seed, "base": base_rec, "crucial_layers": lora_targets(base.generator), "concepts": concepts,
             "wall_seconds": round(time.perf_counter() - t0, 1)}
 
@@ -428,15 +429,15 @@ def _crucial_md(ev: dict[str, Any]) -> list[str]:
     lines = ["## crucial layers, measured", "",
              f"{ev['measure']} ({ev['runs']} runs). Crucial layers (LoRA targets, `E2GANGenerator._crucial_layers`): "
              f"mean {ev['crucial_mean']:.4f}; the others (ResNet blocks): mean {ev['non_crucial_mean']:.4f}. "
-             f"{ev['crucial_in_top_k']} of the top {ev['k']} layers are crucial ({ev['crucial_in_top_k_by_chance']} expected "
-             f"by chance; {ev['non_crucial']} layers are not crucial). "
+             f"{ev['crucial_in_top_k']} of the top {ev['k']} layers are crucial "
+             f"({ev['crucial_in_top_k_by_chance']} expected by chance; {ev['non_crucial']} layers are not crucial). "
              f"AUC (probability that a crucial layer changed more than a non-crucial one; 0.5 = no separation), "
              f"per run: {_ci(auc)}.", "",
              "Per module group (mean over its layers), largest first: "
              + ", ".join(f"`{g}` {v:.4f}" for g, v in sorted(ev["groups"].items(), key=lambda kv: -kv[1]))
              + ".", "", "| rank | layer | crucial | relative change mean ± 95% CI |", "|---|---|---|---|"]
-    lines += [f"| {r['rank']} | `{r['layer']}` | {'yes' if r['crucial'] else 'no'} | {r['mean']:.4f} ± {r['ci95']:.4f} |"
-              for r in ev["layers"]]
+    lines += [f"| {r['rank']} | `{r['layer']}` | {'yes' if r['crucial'] else 'no'} | "
+              f"{r['mean']:.4f} ± {r['ci95']:.4f} |" for r in ev["layers"]]
     return lines + [""]
 
 
