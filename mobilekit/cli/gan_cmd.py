@@ -103,9 +103,10 @@ def adapt_cmd(
     data: Annotated[Path | None, typer.Option("--data", help="pairs directory (default: built-in concept)")] = None,
     prompt: Annotated[str | None, typer.Option("--prompt", help="instruction prompt (default: from data)")] = None,
     method: Annotated[str, typer.Option("--method", help="lora, full or scratch")] = "lora",
-    ranks: Annotated[str, typer.Option("--ranks", help="search or uniform")] = "search",
+    ranks: Annotated[str, typer.Option("--ranks", help="search, uniform or random")] = "search",
     budget: Annotated[int | None, typer.Option("--budget", help="LoRA parameters (default: 1% of the generator)")] = None,
     subset: Annotated[int | None, typer.Option("--subset", help="train on K pairs chosen by k-means")] = None,
+    subset_method: Annotated[str, typer.Option("--subset-method", help="kmeans or random")] = "kmeans",
     image_size: Annotated[int, typer.Option("--image-size", help="training crop size in pixels")] = 64,
     pairs: Annotated[int, typer.Option("--pairs", help="built-in pairs when no --data")] = 64,
     steps: Annotated[int, typer.Option("--steps", help="optimizer steps")] = 300,
@@ -125,7 +126,7 @@ def adapt_cmd(
 
     _threads(threads)
     cfg = AdaptConfig(concept=concept, prompt=prompt, method=method, ranks=ranks, budget=budget, subset=subset,
-                      pairs=pairs, image_size=image_size,
+                      subset_method=subset_method, pairs=pairs, image_size=image_size,
                       loop=LoopConfig(steps=steps, batch_size=batch_size, lr=lr, adversarial=adversarial, seed=seed))
     with progress_callback(f"gan adapt {concept}") as on_progress:
         res = adapt(base, cfg, out, data=data, text_encoder=_text_encoder(text_encoder), on_progress=on_progress)

@@ -50,6 +50,8 @@ _LAZY: dict[str, str] = {
     "load_adapter": "mobilekit.train.e2gan.lora:load_adapter",
     "load_base": "mobilekit.train.e2gan.train:load_base",
     "load_instruct_pix2pix": "mobilekit.train.e2gan.distill_data:load_instruct_pix2pix",
+    "random_ranks": "mobilekit.train.e2gan.rank_search:random_ranks",
+    "random_subset": "mobilekit.train.e2gan.subset:random_subset",
     "search_ranks": "mobilekit.train.e2gan.rank_search:search_ranks",
     "select_subset": "mobilekit.train.e2gan.subset:select_subset",
     "train_base": "mobilekit.train.e2gan.train:train_base",

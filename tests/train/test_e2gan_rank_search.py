@@ -1,4 +1,4 @@
-"""Per-layer rank search: greedy allocation under a budget, uniform ranks, the search on a tiny base."""
+"""Per-layer rank search: greedy allocation under a budget, uniform and random ranks, the search on a tiny base."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 from mobilekit.errors import BudgetError
 from mobilekit.train.e2gan.lora import attach_lora, LoRAConfig, layer_lora_cost, lora_targets
 from mobilekit.train.e2gan.models import E2GANConfig, build_generator
-from mobilekit.train.e2gan.rank_search import RankSearchConfig, allocate_ranks, search_ranks, uniform_ranks
+from mobilekit.train.e2gan.rank_search import (RankSearchConfig, allocate_ranks, random_ranks, search_ranks,
+                                               uniform_ranks)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -45,6 +46,34 @@ def test_uniform_ranks_fill_the_budget_and_refuse_a_tiny_budget():
     assert set(ranks.values()) == {3} and set(ranks) == set(lora_targets(g))
     with pytest.raises(BudgetError, match="raise the budget"):
         uniform_ranks(g, per_rank - 1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_random_ranks_spend_the_uniform_budget_to_within_one_rank_step(seed):
+    g = build_generator(E2GANConfig.tiny())
+    mods = dict(g.named_modules())
+    costs = {n: layer_lora_cost(mods[n]) for n in lora_targets(g)}
+    budget = 2 * sum(costs.values())  # what uniform rank 2 spends exactly
+    ranks = random_ranks(g, budget, seed=seed)
+    spent = sum(costs[n] * r for n, r in ranks.items())
+    assert set(ranks) <= set(costs) and min(ranks.values()) >= 1
+    assert budget - min(costs.values()) < spent <= budget
+    uniform_spent = sum(costs[n] * r for n, r in uniform_ranks(g, budget).items())
+    assert abs(uniform_spent - spent) < max(costs.values())
+    assert ranks == random_ranks(g, budget, seed=seed)  # seeded
+    assert len(set(ranks.values())) > 1  # not the uniform allocation in disguise
+
+
+def test_random_ranks_differ_across_seeds_respect_the_cap_and_refuse_a_tiny_budget():
+    g = build_generator(E2GANConfig.tiny())
+    mods = dict(g.named_modules())
+    costs = {n: layer_lora_cost(mods[n]) for n in lora_targets(g)}
+    budget = 2 * sum(costs.values())
+    assert len({tuple(sorted(random_ranks(g, budget, seed=s).items())) for s in range(4)}) > 1
+    capped = random_ranks(g, 10 * sum(costs.values()), seed=0, max_rank=3)
+    assert capped == dict.fromkeys(sorted(costs), 3)  # every layer at its cap, the rest left unspent
+    with pytest.raises(BudgetError, match="raise the budget"):
+        random_ranks(g, min(costs.values()) - 1)
 
 
 def test_search_respects_budget_and_cap_and_leaves_base_alone():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mobilekit.errors import ConfigError
-from mobilekit.train.e2gan.subset import select_nearest_centres, select_subset
+from mobilekit.train.e2gan.subset import random_subset, select_nearest_centres, select_subset
 
 
 def test_picks_the_point_at_each_centre():
@@ -42,3 +42,13 @@ def test_select_subset_on_images_returns_distinct_indices():
     got = select_subset(imgs, 3, seed=0)
     assert len(set(got)) == 3
     assert sorted(i // 5 for i in got) == [0, 1, 2]  # one per brightness cluster
+
+
+def test_random_subset_is_the_kmeans_size_distinct_and_seeded():
+    images = torch.rand(20, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    km = select_subset(images, 6, seed=0)
+    rnd = random_subset(20, len(km), seed=0)
+    assert len(rnd) == len(set(rnd)) == len(km) and all(0 <= i < 20 for i in rnd)
+    assert rnd == random_subset(20, 6, seed=0) and rnd != random_subset(20, 6, seed=1)
+    with pytest.raises(ConfigError):
+        random_subset(5, 6)

@@ -92,6 +92,10 @@ def test_adapt_errors(base_dir, tmp_path):
         adapt(base_dir, AdaptConfig(concept="hulk"), tmp_path / "x")
     with pytest.raises(ConfigError, match="method"):
         AdaptConfig(concept="sepia", method="qlora")
+    with pytest.raises(ConfigError, match="subset_method"):
+        AdaptConfig(concept="sepia", subset=4, subset_method="median")
+    with pytest.raises(ConfigError, match="ranks"):
+        AdaptConfig(concept="sepia", ranks="greedy")
     with pytest.raises(ConfigError, match="concepts.json"):
         load_base(tmp_path)
 

@@ -1,5 +1,5 @@
-"""Adapt an E²GAN base to a new concept: crucial-layer LoRA (searched or uniform ranks),
-full fine-tuning, or training from scratch; optionally on a k-means subset of the pairs.
+"""Adapt an E²GAN base to a new concept: crucial-layer LoRA (searched, uniform or random ranks),
+full fine-tuning, or training from scratch; optionally on a subset of the pairs (k-means or random).
 
 Outputs in ``out_dir``: ``adapter/`` (LoRA: adapter.safetensors + adapter.json) or
 ``generator/`` + ``concept_embedding.safetensors`` (full / scratch), ``run.json`` and
@@ -124,7 +124,7 @@ def _budget(config: AdaptConfig, generator: nn.Module) -> int:
 
 def _choose_ranks(config: AdaptConfig, base: BaseModel, pairs: cc.ConceptPairs, emb: torch.Tensor,
                   record: dict[str, Any]) -> dict[str, int]:
-    from mobilekit.train.e2gan.rank_search import RankSearchConfig, search_ranks, uniform_ranks
+    from mobilekit.train.e2gan.rank_search import RankSearchConfig, random_ranks, search_ranks, uniform_ranks
 
     if isinstance(config.ranks, dict):
         return dict(config.ranks)
@@ -132,6 +132,9 @@ def _choose_ranks(config: AdaptConfig, base: BaseModel, pairs: cc.ConceptPairs, 
     record["budget"] = budget
     if config.ranks == "uniform":
         return uniform_ranks(base.generator, budget, config.target_patterns)
+    if config.ranks == "random":
+        return random_ranks(base.generator, budget, seed=config.loop.seed, max_rank=config.max_rank,
+                            patterns=config.target_patterns)
     res = search_ranks(base.generator, pairs.sources, pairs.targets, emb,
                        RankSearchConfig(budget=budget, max_rank=config.max_rank), patterns=config.target_patterns)
     record["rank_search"] = {"spent": res.spent, "energy": {k: v[:4] for k, v in res.energy.items()}}
@@ -181,11 +184,12 @@ def adapt(base: BaseModel | Path, config: AdaptConfig, out_dir: Path, *,
     subset_idx = None
     t_setup = time.perf_counter()
     if config.subset is not None and config.subset < len(pairs):
-        from mobilekit.train.e2gan.subset import select_subset
+        from mobilekit.train.e2gan.subset import random_subset, select_subset
 
         if on_progress:
             on_progress("select subset", 0, 1)
-        subset_idx = select_subset(pairs.sources, config.subset, seed=seed)
+        subset_idx = (select_subset(pairs.sources, config.subset, seed=seed) if config.subset_method == "kmeans"
+                      else random_subset(len(pairs), config.subset, seed=seed))
         pairs = pairs.subset(subset_idx)
         record["subset"] = subset_idx
     emb0 = _initial_embedding(base, prompt, text_encoder)

@@ -16,7 +16,8 @@ procedure is unpublished, so this is our own design: **gradient-spectrum allocat
 
 It costs one forward/backward pass over the data plus one SVD per layer; no proxy
 fine-tunes. Layers whose gradient carries little energy get rank 0 (no LoRA). The
-benchmark (benchmarks/e2gan_bench.py) compares it with uniform ranks at equal budget.
+benchmark (benchmarks/e2gan_bench.py) compares it with uniform and random ranks
+(``random_ranks``) at equal budget.
 """
 
 from __future__ import annotations
@@ -156,6 +157,36 @@ def uniform_ranks(model: nn.Module, budget: int, patterns: Sequence[str] | None 
         raise BudgetError(f"budget {budget} is below rank 1 on all {len(names)} layers ({per_rank} parameters)",
                           where="uniform_ranks(budget)", fix=f"raise the budget to at least {per_rank}")
     return {n: int(r) for n in names}
+
+
+def random_ranks(model: nn.Module, budget: int, *, seed: int = 0, max_rank: int = 16,
+                 patterns: Sequence[str] | None = None) -> dict[str, int]:
+    """Random per-layer ranks spending ``budget``: the control for the rank search (E²GAN's "random ranks").
+
+    Rank units go one at a time to a layer drawn uniformly among those that are under
+    ``max_rank`` and still fit the remaining budget, until none fits; so the parameters left
+    unspent are fewer than the cheapest layer's rank unit, i.e. the budget is spent to within
+    one rank step, like the uniform and searched allocations it is compared with.
+
+    Raises:
+        BudgetError: the budget cannot buy rank 1 on any layer.
+    """
+    mods = dict(model.named_modules())
+    costs = {n: layer_lora_cost(mods[n]) for n in lora_targets(model, patterns)}
+    if min(costs.values()) > budget:
+        raise BudgetError(f"budget {budget} cannot buy rank 1 on any layer (cheapest costs {min(costs.values())})",
+                          where="random_ranks(budget)", fix=f"raise the budget to at least {min(costs.values())}")
+    gen = torch.Generator().manual_seed(seed)
+    ranks = dict.fromkeys(costs, 0)
+    left = budget
+    while True:
+        open_ = [n for n, c in costs.items() if c <= left and ranks[n] < max_rank]
+        if not open_:
+            break
+        n = open_[int(torch.randint(len(open_), (1,), generator=gen))]
+        ranks[n] += 1
+        left -= costs[n]
+    return {n: r for n, r in sorted(ranks.items()) if r}
 
 
 def layer_gradients(model: nn.Module, names: Sequence[str], sources: torch.Tensor, targets: torch.Tensor,

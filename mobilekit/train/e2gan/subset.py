@@ -69,3 +69,15 @@ def select_subset(images: torch.Tensor, k: int, *, seed: int = 0) -> list[int]:
     idx = select_nearest_centres(feats.numpy(), k, seed=seed)
     logger.info("selected %d of %d samples by k-means", len(idx), images.shape[0])
     return idx
+
+
+def random_subset(n: int, k: int, *, seed: int = 0) -> list[int]:
+    """``k`` distinct indices of ``n`` drawn uniformly (sorted): the control for the k-means subset.
+
+    Raises:
+        ConfigError: ``k`` is not between 1 and ``n``.
+    """
+    if not 1 <= k <= n:
+        raise ConfigError(f"k={k} must be between 1 and the number of samples ({n})",
+                          where="random_subset(k)", fix=f"use a subset size of at most {n}")
+    return sorted(int(i) for i in torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k])

@@ -37,6 +37,8 @@ from mobilekit.train.e2gan.models import (E2GANConfig, E2GANGenerator, PatchDisc
 logger = logging.getLogger(__name__)
 
 _METHODS = ("lora", "full", "scratch")
+RANK_ALLOCATIONS = ("search", "uniform", "random")
+SUBSET_METHODS = ("kmeans", "random")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,15 +97,17 @@ class AdaptConfig:
         concept: the new concept's name.
         prompt: its instruction prompt (default: the built-in prompt, or the data's).
         method: ``lora`` (crucial layers), ``full`` (all weights) or ``scratch``.
-        ranks: for ``lora``: ``search`` (gradient-spectrum search), ``uniform``, or a
-            dict module path -> rank.
+        ranks: for ``lora``: ``search`` (gradient-spectrum search), ``uniform``, ``random``
+            (random ranks at the budget, a control), or a dict module path -> rank.
         budget: LoRA parameter budget (elements); None: ``budget_fraction`` of the
             generator's parameters, raised to the cost of rank 1 on every target layer.
         budget_fraction: default budget as a fraction of the generator's parameters.
         max_rank: per-layer rank cap of the search.
         scale: LoRA alpha / r.
         target_patterns: LoRA target regexes; None: the generator's crucial layers.
-        subset: keep this many pairs chosen by k-means (None: all pairs).
+        subset: keep this many pairs (None: all pairs).
+        subset_method: how the subset is chosen: ``kmeans`` (nearest the k-means centres of
+            the source images' features) or ``random`` (a control).
         pairs: built-in pairs to generate when no data is given.
         image_size: crop size of built-in pairs.
         train_embedding: also learn the concept embedding (learned-embedding bases only).
@@ -121,6 +125,7 @@ class AdaptConfig:
     scale: float = 1.0
     target_patterns: tuple[str, ...] | None = None
     subset: int | None = None
+    subset_method: str = "kmeans"
     pairs: int = 64
     image_size: int = 64
     train_embedding: bool = True
@@ -133,9 +138,12 @@ class AdaptConfig:
         if self.method not in _METHODS:
             raise ConfigError(f"unknown method {self.method!r}", where="AdaptConfig.method",
                               fix=f"choose one of {list(_METHODS)}")
-        if isinstance(self.ranks, str) and self.ranks not in ("search", "uniform"):
-            raise ConfigError(f"ranks must be 'search', 'uniform' or a dict, got {self.ranks!r}",
+        if isinstance(self.ranks, str) and self.ranks not in RANK_ALLOCATIONS:
+            raise ConfigError(f"ranks must be one of {list(RANK_ALLOCATIONS)} or a dict, got {self.ranks!r}",
                               where="AdaptConfig.ranks")
+        if self.subset_method not in SUBSET_METHODS:
+            raise ConfigError(f"unknown subset_method {self.subset_method!r}", where="AdaptConfig.subset_method",
+                              fix=f"choose one of {list(SUBSET_METHODS)}")
         if self.budget is not None and self.budget < 1:
             raise ConfigError("budget must be ≥ 1", where="AdaptConfig.budget")
         if not 0 < self.budget_fraction <= 1:
