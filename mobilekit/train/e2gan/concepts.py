@@ -5,8 +5,8 @@ random crops and flips of a photo are the sources, a deterministic image edit of
 crop (sepia, pencil sketch, posterize, ...) is the target. Nothing is downloaded.
 
 A generator is conditioned on text embeddings [B, T, D]. They come either from a
-pluggable ``TextEncoder`` (``CLIPTextEncoder`` loads a CLIP text model through
-transformers from a local path or a hub id the user gives), or, the offline default,
+pluggable ``TextEncoder`` (``CLIPTextEncoder`` loads a CLIP text model and tokenizer
+through transformers from a local folder the user saved, without network), or, the offline default,
 from ``ConceptEmbeddings``: one learned [T, D] tensor per concept.
 """
 
@@ -331,6 +331,7 @@ class CLIPTextEncoder:
         self.hidden_size = int(model.config.hidden_size)
         from mobilekit.train.e2gan.models import sha256_of_state
 
+        # folder names change when copied; the weights' hash tells one encoder from another
         self.fingerprint = sha256_of_state(model.state_dict())
 
     def identity(self) -> dict[str, Any]:

@@ -237,7 +237,9 @@ def train_base(config: BaseTrainConfig, out_dir: Path, *, data: Path | None = No
         config: what to train.
         out_dir: run directory (created; re-running resumes from its checkpoints).
         data: a pairs directory (all its concepts are used) instead of the built-in set.
-        text_encoder: condition on encoded prompts instead of learned concept embeddings.
+        text_encoder: condition on encoded prompts instead of learned concept embeddings; its
+            identity (name, hidden size, weight sha256) goes into concepts.json and run.json so
+            ``adapt`` can refuse another encoder.
         on_progress: ``on_progress(stage, done, total)``.
         eval_fn: see ``loop.fit``.
 
