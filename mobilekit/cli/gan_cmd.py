@@ -29,12 +29,22 @@ def _threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
-def _text_encoder(path: str | None) -> Any:
-    if not path:
+def _text_encoder(path: Path | None) -> Any:
+    """The CLIP text encoder saved in folder ``path`` (None: learned per-concept embeddings)."""
+    if path is None:
         return None
     from mobilekit.train.e2gan.concepts import CLIPTextEncoder
 
     return CLIPTextEncoder(path)
+
+
+def _fit_text_dim(gen_config: Any, encoder: Any) -> Any:
+    """The generator config with cross-attention as wide as the encoder's embeddings (no CLI flag sets it)."""
+    if encoder is None or encoder.hidden_size == gen_config.text_dim:
+        return gen_config
+    import dataclasses
+
+    return dataclasses.replace(gen_config, text_dim=encoder.hidden_size)
 
 
 def _report(fmt: str, title: str, record: dict[str, Any]) -> None:
@@ -71,8 +81,9 @@ def train_base_cmd(
     lr: Annotated[float, typer.Option("--lr")] = 2e-4,
     adversarial: Annotated[bool, typer.Option("--adversarial/--no-adversarial", help="PatchGAN loss")] = True,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    text_encoder: Annotated[str | None, typer.Option("--text-encoder", help="CLIP text model path or hub id "
-                                                      "(default: learned concept embeddings)")] = None,
+    text_encoder: Annotated[Path | None, typer.Option("--text-encoder", help="folder with a saved CLIPTextModel "
+                                                       "and CLIPTokenizer; the generator's text width follows it "
+                                                       "(default: one learned embedding per concept)")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads")] = None,
     fmt: Annotated[str, typer.Option("--format", help="human or json")] = "human",
 ) -> None:
@@ -82,15 +93,17 @@ def train_base_cmd(
     from mobilekit.train.e2gan.train import BaseTrainConfig, train_base
 
     _threads(threads)
-    cfg = BaseTrainConfig(generator=_gen_config(size),
+    encoder = _text_encoder(text_encoder)
+    cfg = BaseTrainConfig(generator=_fit_text_dim(_gen_config(size), encoder),
                           concepts=tuple(c.strip() for c in concepts.split(",") if c.strip()) if concepts else None,
                           num_concepts=num_concepts, pairs_per_concept=pairs_per_concept, image_size=image_size,
                           loop=LoopConfig(steps=steps, batch_size=batch_size, lr=lr, adversarial=adversarial,
                                           seed=seed))
     with progress_callback("gan train-base") as on_progress:
-        base = train_base(cfg, out, data=data, text_encoder=_text_encoder(text_encoder), on_progress=on_progress)
+        base = train_base(cfg, out, data=data, text_encoder=encoder, on_progress=on_progress)
     _report(fmt, "base generator", {"out": str(out), "concepts": ", ".join(base.embeddings.concepts),
                                     "generator_parameters": base.generator.num_parameters(),
+                                    "text_encoder": text_encoder.name if text_encoder else "learned embeddings",
                                     "grid": str(out / "grid.png")})
     err_console().print(f"next: mobilekit gan adapt --base {out} --concept NAME --out DIR")
 
@@ -114,7 +127,8 @@ def adapt_cmd(
     lr: Annotated[float, typer.Option("--lr")] = 1e-3,
     adversarial: Annotated[bool, typer.Option("--adversarial/--no-adversarial", help="PatchGAN loss")] = True,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    text_encoder: Annotated[str | None, typer.Option("--text-encoder", help="the base's CLIP text model")] = None,
+    text_encoder: Annotated[Path | None, typer.Option("--text-encoder", help="the CLIP text encoder folder the "
+                                                       "base was trained with (default: learned embeddings)")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads")] = None,
     fmt: Annotated[str, typer.Option("--format", help="human or json")] = "human",
 ) -> None:
@@ -164,7 +178,7 @@ def distill_data_cmd(
     src: Any = sources if sources.startswith("builtin:") else Path(sources)
     with progress_callback(f"gan distill-data {concept}") as on_progress:
         rep = distill_pairs(pipe, src, out, cfg, on_progress=on_progress)
-    _report(fmt, "distilled pairs", {"out": str(rep.out_dir), "written": rep.written, "skipped": rep.skipped})
+    _report(fmt, "distilled pairs", rep.to_dict())  # throughput included; also in OUT/distill.json
 
 
 def register(app: typer.Typer) -> None:

@@ -15,59 +15,13 @@ from mobilekit.train.e2gan.pairs import PairDataset
 pytestmark = pytest.mark.xdist_group("e2gan_distill")
 
 
-def _byte_chars():
-    keep = set(range(33, 127)) | set(range(161, 173)) | set(range(174, 256))
-    out, extra = [], 0
-    for b in range(256):
-        if b in keep:
-            out.append(chr(b))
-        else:
-            out.append(chr(256 + extra))
-            extra += 1
-    return out
-
-
-def tiny_tokenizer(tmp_path):
-    from transformers import CLIPTokenizer
-
-    chars = _byte_chars()
-    vocab = {c: i for i, c in enumerate(chars)}
-    for c in chars:
-        vocab[c + "</w>"] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
-    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(vocab_file=str(tmp_path / "vocab.json"), merges_file=str(tmp_path / "merges.txt"),
-                         model_max_length=16), len(vocab)
-
-
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):
-    from diffusers import (AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline,
-                           UNet2DConditionModel)
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from tests.fixtures.e2gan import tiny_instruct_pix2pix
 
     n = torch.get_num_threads()
     torch.set_num_threads(1)
-    tok, vocab = tiny_tokenizer(tmp_path_factory.mktemp("tok"))
-    torch.manual_seed(0)
-    te = CLIPTextModel(CLIPTextConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                      num_attention_heads=2, max_position_embeddings=16, bos_token_id=vocab - 2,
-                                      eos_token_id=vocab - 1, pad_token_id=vocab - 1))
-    unet = UNet2DConditionModel(sample_size=8, in_channels=8, out_channels=4, layers_per_block=1,
-                                block_out_channels=(8, 16), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
-                                attention_head_dim=2, norm_num_groups=4)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=4,
-                        layers_per_block=1, norm_num_groups=4, sample_size=16)
-    sched = EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-    p = StableDiffusionInstructPix2PixPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched,
-                                               safety_checker=None, feature_extractor=None,
-                                               requires_safety_checker=False)
-    p.set_progress_bar_config(disable=True)
-    yield p
+    yield tiny_instruct_pix2pix(tmp_path_factory.mktemp("pipe"))
     torch.set_num_threads(n)
 
 
@@ -91,6 +45,35 @@ def test_distill_writes_pairs_and_resumes(pipe, tmp_path):
     assert (rep2.written, rep2.skipped) == (1, 2)
     assert (out / "target" / "sepia-00001.png").read_bytes() == first  # same seed, same pair
     assert len(PairDataset(out)) == 3
+    # every run's throughput is kept in the folder's summary, the resumed one too
+    runs = json.loads((out / "distill.json").read_text())["runs"]
+    assert [r["written"] for r in runs] == [3, 1] and rep.seconds > 0
+    assert runs[0]["seconds_per_pair"] == pytest.approx(rep.seconds / 3, rel=1e-2, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_cli_distill_data_feeds_adapt(pipe, tmp_path, capsys):
+    """A saved pipeline folder -> `gan distill-data` -> `gan adapt --data` on those pairs."""
+    from mobilekit.cli.main import main
+
+    pipe.save_pretrained(tmp_path / "ip2p")
+    pairs = tmp_path / "pairs"
+    main(["gan", "distill-data", "--model", str(tmp_path / "ip2p"), "--out", str(pairs), "--concept", "glow",
+          "--prompt", "make it glow", "--sources", "builtin:3", "--size", "16", "--steps", "2", "--format", "json"])
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["written"] == 3 and rep["pairs_per_second"] > 0 and rep["seconds_per_pair"] > 0
+    summary = json.loads((pairs / "distill.json").read_text())
+    assert summary["model"] == str(tmp_path / "ip2p") and summary["runs"][-1]["written"] == 3
+    main(["gan", "train-base", "--out", str(tmp_path / "b"), "--size", "tiny", "--concepts", "invert,blur",
+          "--image-size", "16", "--pairs-per-concept", "2", "--steps", "2", "--batch-size", "2",
+          "--no-adversarial", "--format", "json"])
+    main(["gan", "adapt", "--concept", "glow", "--base", str(tmp_path / "b"), "--data", str(pairs),
+          "--out", str(tmp_path / "a"), "--image-size", "16", "--steps", "2", "--batch-size", "2",
+          "--budget", "400", "--no-adversarial", "--format", "json"])
+    assert (tmp_path / "a" / "adapter" / "adapter.safetensors").is_file()
+    run = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert run["data"] == {"kind": "pairs", "path": str(pairs), "distilled_from": str(tmp_path / "ip2p")}
+    assert run["num_pairs"] == 3 and run["eval"]["split"] == "training pairs"
 
 
 def test_sources_from_a_folder_and_errors(tmp_path):

@@ -174,3 +174,61 @@ def test_clip_text_encoder_from_a_tiny_config():
                 return torch.zeros(len(prompts), 4, 32)
 
         _embedding_table(["a"], {"a": "p"}, E2GANConfig.tiny(), _Enc(), 0)
+
+
+@pytest.fixture(scope="module")
+def clip_dirs(tmp_path_factory):
+    """Two tiny CLIP text encoders saved as folders: the base's, and a different one of the same width."""
+    from tests.fixtures.e2gan import save_tiny_clip
+
+    root = tmp_path_factory.mktemp("clip")
+    return save_tiny_clip(root / "clip_a", seed=0), save_tiny_clip(root / "clip_b", seed=1)
+
+
+def test_clip_text_encoder_from_a_saved_folder(clip_dirs, tmp_path):
+    enc = cc.CLIPTextEncoder(clip_dirs[0])
+    emb = enc.encode(["make it glow", "make it dark"])
+    assert emb.shape == (2, 16, 16) and enc.name == "clip_a"
+    assert not torch.allclose(emb[0], emb[1])
+    assert enc.identity()["sha256"] != cc.CLIPTextEncoder(clip_dirs[1]).identity()["sha256"]
+    with pytest.raises(ConfigError, match="does not exist") as exc:
+        cc.CLIPTextEncoder(tmp_path / "nowhere")
+    assert "nowhere" in str(exc.value)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="cannot load") as exc:
+        cc.CLIPTextEncoder(tmp_path / "broken")
+    assert "broken" in str(exc.value)
+
+
+def test_cli_text_encoder_base_adapt_and_mismatches(clip_dirs, base_dir, tmp_path, capsys):
+    """train-base and adapt --text-encoder DIR; the adapter follows the prompt; mismatched encoders are refused."""
+    from mobilekit.cli.main import main
+
+    torch.set_num_threads(1)
+    clip_a, clip_b = (str(d) for d in clip_dirs)
+    main(["gan", "train-base", "--out", str(tmp_path / "b"), "--size", "tiny", "--concepts", "invert,blur",
+          "--image-size", "16", "--pairs-per-concept", "2", "--steps", "2", "--batch-size", "2",
+          "--no-adversarial", "--text-encoder", clip_a, "--format", "json"])
+    assert json.loads(capsys.readouterr().out)["text_encoder"] == "clip_a"
+    base = load_base(tmp_path / "b")
+    assert not base.learned and base.text_encoder["name"] == "clip_a" and base.text_encoder["hidden_size"] == 16
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["text_encoder"] == base.text_encoder
+    main(["gan", "adapt", "--concept", "sepia", "--base", str(tmp_path / "b"), "--out", str(tmp_path / "a"),
+          "--image-size", "16", "--pairs", "2", "--steps", "2", "--batch-size", "2", "--budget", "400",
+          "--no-adversarial", "--text-encoder", clip_a, "--format", "json"])
+    capsys.readouterr()
+    enc = cc.CLIPTextEncoder(clip_a)
+    gen, emb = load_adapted(tmp_path / "b", tmp_path / "a" / "adapter", text_encoder=enc)
+    assert torch.allclose(emb, enc.encode([cc.concept_prompt("sepia")])[0])
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        outs = [gen(x, enc.encode([p])) for p in ("make it a sepia-toned old photograph", "invert the colours")]
+    assert (outs[0] - outs[1]).abs().max() > 1e-4  # the prompt steers the output
+    cfg = AdaptConfig(concept="sepia", pairs=2, image_size=16, loop=LoopConfig(steps=1, batch_size=2))
+    with pytest.raises(ConfigError, match="trained on text-encoder embeddings"):
+        adapt(tmp_path / "b", cfg, tmp_path / "x1")
+    with pytest.raises(ConfigError, match="differs from the base's 'clip_a'"):
+        adapt(tmp_path / "b", cfg, tmp_path / "x2", text_encoder=cc.CLIPTextEncoder(clip_b))
+    with pytest.raises(ConfigError, match="learned concept embeddings"):
+        adapt(base_dir, cfg, tmp_path / "x3", text_encoder=enc)

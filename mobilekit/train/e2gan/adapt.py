@@ -102,13 +102,49 @@ def evaluate_adapted(model: nn.Module, config: AdaptConfig, data: Path | cc.Conc
             "gain_over_identity_db": round(got - identity, 3)}
 
 
+def check_text_encoder(base: BaseModel, text_encoder: cc.TextEncoder | None) -> None:
+    """Refuse an encoder the base was not trained with: its embeddings would mean nothing to the generator."""
+    where = f"{base.directory or 'base'} (--text-encoder)"
+    trained = base.text_encoder or {}
+    if text_encoder is None:
+        if not base.learned:
+            raise ConfigError(f"this base was trained on text-encoder embeddings ({trained.get('name', '?')}, "
+                              f"hidden size {trained.get('hidden_size', '?')})", where=where,
+                              fix="pass the same text encoder (--text-encoder DIR)")
+        return
+    given = cc.encoder_identity(text_encoder) or {}
+    if base.learned:
+        raise ConfigError(f"this base was trained on learned concept embeddings, not a text encoder "
+                          f"(got {given.get('name')})", where=where,
+                          fix="drop --text-encoder, or train a base with --text-encoder DIR")
+    # bases saved before encoders were recorded have no identity to compare against
+    for key in ("hidden_size", "sha256"):
+        if key in trained and key in given and trained[key] != given[key]:
+            raise ConfigError(f"text encoder {given.get('name')!r} differs from the base's "
+                              f"{trained.get('name')!r} ({key}: {given[key]} vs {trained[key]})", where=where,
+                              fix="pass the text encoder folder the base was trained with")
+
+
 def _initial_embedding(base: BaseModel, prompt: str, text_encoder: cc.TextEncoder | None) -> torch.Tensor:
+    check_text_encoder(base, text_encoder)
     if text_encoder is not None:
         return text_encoder.encode([prompt])[0].float()
-    if not base.learned:
-        raise ConfigError("this base was trained on text-encoder embeddings", where="adapt(text_encoder)",
-                          fix="pass the same text encoder (--text-encoder PATH)")
     return base.embeddings.table.detach().mean(dim=0)
+
+
+def _data_source(data: Path | cc.ConceptPairs | None) -> dict[str, Any]:
+    """What run.json says the pairs came from (a distilled folder also names its editor)."""
+    if isinstance(data, cc.ConceptPairs):
+        return {"kind": "in-memory"}
+    if data is None:
+        return {"kind": "builtin"}
+    from mobilekit.train.e2gan.pairs import read_summary
+
+    src: dict[str, Any] = {"kind": "pairs", "path": str(data)}
+    summary = read_summary(Path(data))
+    if summary is not None:
+        src["distilled_from"] = summary.get("model")
+    return src
 
 
 def _budget(config: AdaptConfig, generator: nn.Module) -> int:
@@ -180,7 +216,8 @@ def adapt(base: BaseModel | Path, config: AdaptConfig, out_dir: Path, *,
     pairs = concept_pairs_for(config, data, seed)
     prompt = config.prompt or pairs.prompt
     record: dict[str, Any] = {"kind": "e2gan-adapt", "config": config.to_dict(), "seed": seed,
-                              "base_sha256": base_sha, "num_pairs": len(pairs)}
+                              "base_sha256": base_sha, "num_pairs": len(pairs), "data": _data_source(data),
+                              "text_encoder": cc.encoder_identity(text_encoder)}
     subset_idx = None
     t_setup = time.perf_counter()
     if config.subset is not None and config.subset < len(pairs):
@@ -251,16 +288,21 @@ def adapt(base: BaseModel | Path, config: AdaptConfig, out_dir: Path, *,
                        res["train_seconds"], setup_seconds, res["history"], subset_idx, out)
 
 
-def load_adapted(base_dir: Path, adapter_dir: Path, *, fuse: bool = True) -> tuple[nn.Module, torch.Tensor]:
+def load_adapted(base_dir: Path, adapter_dir: Path, *, fuse: bool = True,
+                 text_encoder: cc.TextEncoder | None = None) -> tuple[nn.Module, torch.Tensor]:
     """Load a base and an adapter; return (generator, text_embeds [T, D]).
 
     With ``fuse`` the generator is a plain E2GANGenerator (LoRA merged into its weights,
-    ready for export); otherwise it keeps peft LoRA layers.
+    ready for export); otherwise it keeps peft LoRA layers. A base trained on a text
+    encoder needs that ``text_encoder`` to embed the adapter's prompt.
     """
     base = load_base(Path(base_dir))
     adapter = load_adapter(Path(adapter_dir))
     gen = fuse_adapter(base.generator, adapter) if fuse else apply_adapter(base.generator, adapter)
-    if adapter.concept_embedding is not None:
+    if text_encoder is not None:
+        check_text_encoder(base, text_encoder)
+        emb = text_encoder.encode([adapter.prompt])[0].float()
+    elif adapter.concept_embedding is not None:
         emb = adapter.concept_embedding
     elif adapter.concept in base.embeddings.concepts:
         emb = base.text_embeds(adapter.concept)

@@ -5,8 +5,8 @@ random crops and flips of a photo are the sources, a deterministic image edit of
 crop (sepia, pencil sketch, posterize, ...) is the target. Nothing is downloaded.
 
 A generator is conditioned on text embeddings [B, T, D]. They come either from a
-pluggable ``TextEncoder`` (``CLIPTextEncoder`` loads a CLIP text model through
-transformers from a local path or a hub id the user gives), or, the offline default,
+pluggable ``TextEncoder`` (``CLIPTextEncoder`` loads a CLIP text model and tokenizer
+through transformers from a local folder the user saved, without network), or, the offline default,
 from ``ConceptEmbeddings``: one learned [T, D] tensor per concept.
 """
 
@@ -16,6 +16,7 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -297,27 +298,45 @@ class CLIPTextEncoder:
     """A CLIP text model (transformers) as a frozen TextEncoder.
 
     Args:
-        model: a ``CLIPTextModel`` instance, or a local path / hub id to load one from
-            (the user's own choice; loading a hub id downloads it).
-        tokenizer: a tokenizer instance, a path / hub id, or None to use ``model``'s path.
+        model: a ``CLIPTextModel`` instance, or a local folder holding a saved
+            ``CLIPTextModel`` and ``CLIPTokenizer`` (``save_pretrained``). A folder is read
+            with ``local_files_only=True``: nothing is downloaded.
+        tokenizer: a tokenizer instance, a folder, or None to use ``model``'s folder.
             Without a tokenizer, call ``encode_ids`` with token ids.
-        max_length: tokens per prompt (T).
+        max_length: tokens per prompt (T), capped at the model's position embeddings.
+
+    Attributes:
+        name: the folder's name (or the model class) recorded with a base trained on it.
+        hidden_size: D.
+        fingerprint: sha256 of the weights, so a base can tell its own encoder from another.
+
+    Raises:
+        ConfigError: the folder is missing or holds no loadable model / tokenizer.
     """
 
     def __init__(self, model: Any, tokenizer: Any = None, *, max_length: int = 16) -> None:
         from transformers import CLIPTextModel, CLIPTokenizer
 
+        self.name = type(model).__name__
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-            src = str(model)
-            model = CLIPTextModel.from_pretrained(src)
+            src = Path(str(model))
+            model, self.name = _load_local(CLIPTextModel, src, "CLIP text model"), src.name
             if tokenizer is None:
                 tokenizer = src
-        if isinstance(tokenizer, str):
-            tokenizer = CLIPTokenizer.from_pretrained(tokenizer)
+        if isinstance(tokenizer, str) or hasattr(tokenizer, "__fspath__"):
+            tokenizer = _load_local(CLIPTokenizer, Path(str(tokenizer)), "CLIP tokenizer")
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
-        self.max_length = max_length
+        self.max_length = min(max_length, int(model.config.max_position_embeddings))
         self.hidden_size = int(model.config.hidden_size)
+        from mobilekit.train.e2gan.models import sha256_of_state
+
+        # folder names change when copied; the weights' hash tells one encoder from another
+        self.fingerprint = sha256_of_state(model.state_dict())
+
+    def identity(self) -> dict[str, Any]:
+        """What a base records about the encoder it was trained on."""
+        return {"name": self.name, "hidden_size": self.hidden_size, "sha256": self.fingerprint}
 
     @torch.no_grad()
     def encode_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -332,6 +351,26 @@ class CLIPTextEncoder:
         ids = self.tokenizer(list(prompts), padding="max_length", truncation=True,
                              max_length=self.max_length, return_tensors="pt").input_ids
         return self.encode_ids(ids)
+
+
+def _load_local(cls: Any, folder: Path, what: str) -> Any:
+    """``cls.from_pretrained(folder)`` without network; a ConfigError naming the folder if it fails."""
+    fix = ("save one with CLIPTextModel.save_pretrained(DIR) and CLIPTokenizer.save_pretrained(DIR), "
+           "or omit --text-encoder to learn one embedding per concept")
+    if not folder.is_dir():
+        raise ConfigError(f"{what} folder does not exist", where=str(folder), fix=fix)
+    try:
+        return cls.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise ConfigError(f"cannot load a {what} from this folder: {exc}", where=str(folder), fix=fix) from exc
+
+
+def encoder_identity(encoder: TextEncoder | None) -> dict[str, Any] | None:
+    """The record of ``encoder`` kept with a base (None: learned concept embeddings)."""
+    if encoder is None:
+        return None
+    ident = getattr(encoder, "identity", None)
+    return ident() if callable(ident) else {"name": type(encoder).__name__, "hidden_size": encoder.hidden_size}
 
 
 class ConceptEmbeddings(nn.Module):

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from mobilekit.errors import BackendUnavailableError, ConfigError
-from mobilekit.train.e2gan.pairs import init_pairs_dir, pair_exists, write_pair
+from mobilekit._io import write_json_atomic
+from mobilekit.train.e2gan.pairs import SUMMARY_FILE, init_pairs_dir, pair_exists, read_summary, write_pair
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +72,30 @@ class DistillDataConfig:
 
 @dataclass(frozen=True)
 class DistillReport:
-    """What a distillation run did: pairs written now, pairs already there, the directory."""
+    """What a distillation run did: pairs written now, pairs already there, the directory, and
+    the wall-clock seconds spent editing (pipeline calls and writes, not loading)."""
 
     written: int
     skipped: int
     out_dir: Path
+    seconds: float = 0.0
+
+    @property
+    def pairs_per_second(self) -> float | None:
+        """Throughput of the pairs written now (None when none was)."""
+        return self.written / self.seconds if self.written and self.seconds > 0 else None
+
+    @property
+    def seconds_per_pair(self) -> float | None:
+        """Seconds per pair written now (None when none was)."""
+        return self.seconds / self.written if self.written else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as a JSON-ready dict, throughput included."""
+        pps, spp = self.pairs_per_second, self.seconds_per_pair
+        return {"out": str(self.out_dir), "written": self.written, "skipped": self.skipped,
+                "seconds": round(self.seconds, 3), "pairs_per_second": None if pps is None else round(pps, 4),
+                "seconds_per_pair": None if spp is None else round(spp, 4)}
 
 
 def load_instruct_pix2pix(model: str | Path, *, dtype: str = "float32") -> Any:
@@ -149,6 +169,37 @@ def source_images(sources: Path | Sequence[np.ndarray] | str, *, size: int, seed
     return [(f"src{i:05d}", _square(np.asarray(a), size)) for i, a in enumerate(sources)]
 
 
+def _edit(pipe: Any, src: np.ndarray, config: DistillDataConfig, seed: int) -> np.ndarray:
+    """One InstructPix2Pix edit of ``src`` as float HWC in [0, 1], resized back to the source's size."""
+    import torch
+    from PIL import Image
+
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    result = pipe(config.prompt, image=Image.fromarray(src), num_inference_steps=config.num_inference_steps,
+                  guidance_scale=config.guidance_scale, image_guidance_scale=config.image_guidance_scale,
+                  generator=gen, output_type="np")
+    tgt = np.asarray(result.images[0], dtype=np.float32)
+    if tgt.shape[:2] != src.shape[:2]:
+        tgt = np.asarray(Image.fromarray((np.clip(tgt, 0, 1) * 255 + 0.5).astype(np.uint8))
+                         .resize(src.shape[1::-1], Image.Resampling.BICUBIC))
+    return tgt
+
+
+def _model_name(pipe: Any) -> str | None:
+    """The folder or hub id the pipeline was loaded from (None for one built in memory)."""
+    cfg = getattr(pipe, "config", None) or {}
+    name = cfg.get("_name_or_path") if hasattr(cfg, "get") else None
+    return str(name) if name else None
+
+
+def _write_summary(out: Path, pipe: Any, config: DistillDataConfig, report: DistillReport) -> None:
+    """Record the editor, the settings and this run's throughput; earlier runs (resumes) are kept."""
+    prev = read_summary(out) or {}
+    runs = [*prev.get("runs", []), report.to_dict()]
+    write_json_atomic(out / SUMMARY_FILE, {"model": _model_name(pipe) or prev.get("model"),
+                                           "config": config.to_dict(), "runs": runs})
+
+
 def distill_pairs(pipe: Any, sources: Path | Sequence[np.ndarray] | str, out_dir: Path, config: DistillDataConfig,
                   *, on_progress: Callable[[str, int, int], None] | None = None) -> DistillReport:
     """Edit every source with ``pipe`` and write the pairs to ``out_dir`` (seeded, resumable).
@@ -161,40 +212,38 @@ def distill_pairs(pipe: Any, sources: Path | Sequence[np.ndarray] | str, out_dir
         on_progress: ``on_progress("distill", done, total)``.
 
     Returns:
-        How many pairs were written and skipped.
+        How many pairs were written and skipped, and the seconds it took (throughput);
+        the same goes to ``out_dir/distill.json``.
 
     Example:
         >>> pipe = load_instruct_pix2pix("timbrooks/instruct-pix2pix")  # doctest: +SKIP
         >>> distill_pairs(pipe, "builtin:64", Path("data/sepia"), DistillDataConfig(concept="sepia",
         ...               prompt="make it a sepia photo"))  # doctest: +SKIP
     """
-    import torch
-    from PIL import Image
+    import time
 
     out = init_pairs_dir(Path(out_dir))
     items = source_images(sources, size=config.size, seed=config.seed)
     written = skipped = 0
-    device = getattr(pipe, "device", torch.device("cpu"))
+    device = getattr(pipe, "device", "cpu")
+    seconds = 0.0
     for i, (name, src) in enumerate(items):
         pid = f"{config.concept}-{i:05d}"
         if pair_exists(out, pid):
             skipped += 1
         else:
             seed = config.seed + i
-            gen = torch.Generator(device="cpu").manual_seed(seed)
-            result = pipe(config.prompt, image=Image.fromarray(src), num_inference_steps=config.num_inference_steps,
-                          guidance_scale=config.guidance_scale, image_guidance_scale=config.image_guidance_scale,
-                          generator=gen, output_type="np")
-            tgt = np.asarray(result.images[0], dtype=np.float32)
-            if tgt.shape[:2] != src.shape[:2]:
-                tgt = np.asarray(Image.fromarray((np.clip(tgt, 0, 1) * 255 + 0.5).astype(np.uint8))
-                                 .resize(src.shape[1::-1], Image.Resampling.BICUBIC))
+            t0 = time.perf_counter()
+            tgt = _edit(pipe, src, config, seed)
             write_pair(out, pid, src, tgt, prompt=config.prompt, concept=config.concept,
                        extra={"seed": seed, "source_name": name, "steps": config.num_inference_steps,
                               "guidance_scale": config.guidance_scale,
                               "image_guidance_scale": config.image_guidance_scale, "device": str(device)})
+            seconds += time.perf_counter() - t0
             written += 1
         if on_progress is not None:
             on_progress("distill", i + 1, len(items))
-    logger.info("distilled %d pairs (%d already present) into %s", written, skipped, out)
-    return DistillReport(written, skipped, out)
+    report = DistillReport(written, skipped, out, seconds)
+    _write_summary(out, pipe, config, report)
+    logger.info("distilled %d pairs (%d already present) into %s in %.1f s", written, skipped, out, seconds)
+    return report

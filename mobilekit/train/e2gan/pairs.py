@@ -6,6 +6,8 @@ Layout of a pairs directory::
     DIR/source/<id>.png         the input photo (RGB, 8-bit)
     DIR/target/<id>.png         the edited photo, same size as the source
     DIR/meta/<id>.json          {"id", "source", "target", "prompt", "concept", ...extra}
+    DIR/distill.json            optional: how `distill-data` made the pairs (model, settings,
+                                throughput of every run)
 
 A pair is complete once its ``meta/<id>.json`` exists: the two images are written first
 (atomically), the meta file last, so an interrupted writer leaves no half pair and a
@@ -34,6 +36,7 @@ logger = logging.getLogger(__name__)
 FORMAT = "mobilekit-pairs"
 VERSION = 1
 _ID = re.compile(r"^[A-Za-z0-9_.-]+$")
+SUMMARY_FILE = "distill.json"
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,15 @@ def init_pairs_dir(directory: Path) -> Path:
     if not marker.exists():
         write_json_atomic(marker, {"format": FORMAT, "version": VERSION})
     return directory
+
+
+def read_summary(directory: Path) -> dict[str, Any] | None:
+    """The distillation summary of a pairs directory, or None when it has none (or an unreadable one)."""
+    path = Path(directory) / SUMMARY_FILE
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def _save_png(path: Path, image: np.ndarray) -> None:

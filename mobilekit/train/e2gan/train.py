@@ -168,6 +168,7 @@ class BaseModel:
     discriminator: PatchDiscriminator | None
     learned: bool
     directory: Path | None = None
+    text_encoder: dict[str, Any] | None = None  # cc.encoder_identity of the encoder it was trained on
 
     def text_embeds(self, concept: str) -> torch.Tensor:
         """The [T, D] embedding of a base concept."""
@@ -216,12 +217,15 @@ def save_grid_for(path: Path, model: Conditioned, data: TrainData, rows: int = 4
     return save_grid(path, data.sources[:k], data.targets[:k], out)
 
 
-def _save_embeddings(out: Path, emb: cc.ConceptEmbeddings, prompts: dict[str, str], learned: bool) -> None:
+def _save_embeddings(out: Path, emb: cc.ConceptEmbeddings, prompts: dict[str, str],
+                     encoder: dict[str, Any] | None) -> None:
     from safetensors.torch import save_file
 
     with atomic_path(out / "concepts.safetensors") as tmp:
         save_file({"table": emb.table.detach().contiguous()}, str(tmp))
-    write_json_atomic(out / "concepts.json", {"concepts": emb.concepts, "prompts": prompts, "learned": learned})
+    # the encoder's identity lets `adapt` refuse prompts embedded by a different encoder
+    write_json_atomic(out / "concepts.json", {"concepts": emb.concepts, "prompts": prompts,
+                                              "learned": encoder is None, "text_encoder": encoder})
 
 
 def train_base(config: BaseTrainConfig, out_dir: Path, *, data: Path | None = None,
@@ -233,7 +237,9 @@ def train_base(config: BaseTrainConfig, out_dir: Path, *, data: Path | None = No
         config: what to train.
         out_dir: run directory (created; re-running resumes from its checkpoints).
         data: a pairs directory (all its concepts are used) instead of the built-in set.
-        text_encoder: condition on encoded prompts instead of learned concept embeddings.
+        text_encoder: condition on encoded prompts instead of learned concept embeddings; its
+            identity (name, hidden size, weight sha256) goes into concepts.json and run.json so
+            ``adapt`` can refuse another encoder.
         on_progress: ``on_progress(stage, done, total)``.
         eval_fn: see ``loop.fit``.
 
@@ -272,19 +278,21 @@ def train_base(config: BaseTrainConfig, out_dir: Path, *, data: Path | None = No
     model = Conditioned(gen, emb)
     res = fit(model, tdata, config.loop, run_dir=out, discriminator=disc if config.loop.adversarial else None,
               on_progress=on_progress, eval_fn=eval_fn)
+    encoder = cc.encoder_identity(text_encoder)
     if not is_main_process():
-        return BaseModel(gen, emb, prompts, disc, text_encoder is None, out)
+        return BaseModel(gen, emb, prompts, disc, text_encoder is None, out, encoder)
     gen.save_pretrained(out / "generator")
     from mobilekit.train.e2gan.models import save_model
 
     save_model(disc, config.discriminator.to_dict(), out / "discriminator", kind="PatchDiscriminator")
-    _save_embeddings(out, emb, prompts, text_encoder is None)
+    _save_embeddings(out, emb, prompts, encoder)
     save_grid_for(out / "grid.png", model, tdata)
     write_json_atomic(out / "run.json", {"kind": "e2gan-base", "config": config.to_dict(), "concepts": names,
-                                         "seed": seed, "toolchain": toolchain_versions(), **res,
+                                         "seed": seed, "text_encoder": encoder,
+                                         "toolchain": toolchain_versions(), **res,
                                          "generator_sha256": sha256_of_state(gen.state_dict()),
                                          "generator_parameters": gen.num_parameters()})
-    return BaseModel(gen, emb, prompts, disc, text_encoder is None, out)
+    return BaseModel(gen, emb, prompts, disc, text_encoder is None, out, encoder)
 
 
 def load_base(directory: Path) -> BaseModel:
@@ -307,4 +315,4 @@ def load_base(directory: Path) -> BaseModel:
         dcfg, state = load_model_files(d / "discriminator", kind="PatchDiscriminator")
         disc = PatchDiscriminator(PatchDiscriminatorConfig.from_dict(dcfg))
         _load_state(disc, state, d / "discriminator")
-    return BaseModel(gen, emb, dict(meta["prompts"]), disc, bool(meta["learned"]), d)
+    return BaseModel(gen, emb, dict(meta["prompts"]), disc, bool(meta["learned"]), d, meta.get("text_encoder"))
