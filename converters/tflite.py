@@ -245,20 +245,15 @@ def _static_with_fallback(float_fb: bytes, full: bytes, model: torch.nn.Module, 
     child process, against PyTorch; the one kept is the first that holds the default int8-static
     floor, else the closer one. The choice and both measurements go into the artifact's notes.
     """
-    from mobilekit.converters._torch_common import flatten_outputs
-    from mobilekit.parity import compare_many, tolerance_for
-    from mobilekit.runtime import run_artifact_many
+    from mobilekit.converters._torch_common import calibration_parity
 
-    feeds = [[t.detach().numpy() for t in batch] for batch in calibration]
-    with torch.no_grad():
-        references = [[t.detach().float().numpy() for t in flatten_outputs(model(*batch))] for batch in calibration]
-    floor = tolerance_for("int8-static")
+    measure = calibration_parity(model, calibration, runtime="ai-edge-litert")
 
     def measured(fb: bytes, name: str) -> Any:
         path = Path(workdir) / name
         write_bytes_atomic(path, fb)
         try:
-            return compare_many(references, run_artifact_many(path, feeds), tolerance=floor, runtime="ai-edge-litert")
+            return measure(path)
         finally:
             path.unlink(missing_ok=True)
 
