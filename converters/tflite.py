@@ -11,9 +11,10 @@ Precisions (ai-edge-quantizer recipes on the float flatbuffer):
   weights of fully-connected, conv, transposed-conv and embedding ops).
 * ``int8-weight``: ``weight_only_wi8_afp32`` (int8 weights dequantized to float for compute).
 * ``int8-dynamic``: ``dynamic_wi8_afp32`` (int8 weights, activations quantized at run time).
-* ``int8-static``: ``static_wi8_ai8`` calibrated on the calibration batches; the model's own
-  inputs and outputs stay float (quantize/dequantize ops are inserted at the edges) so apps
-  and the runtime feed the same tensors as for fp32.
+* ``int8-static``: ``static_wi8_ai8`` calibrated on the calibration batches (each tensor's
+  range is the min/max over all of them); the model's own inputs and outputs stay float
+  (quantize/dequantize ops are inserted at the edges) so apps and the runtime feed the same
+  tensors as for fp32.
 """
 
 from __future__ import annotations

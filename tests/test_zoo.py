@@ -27,6 +27,7 @@ SLICE = [
     ("clip-text", "onnx-int8-dynamic"),                # integer token inputs
     ("controlnet", "onnx-fp32"),                       # 7 outputs
     ("swin", "onnx-int8-dynamic"),                     # view of a transposed attention output; 3-D constant MatMul
+    ("efficientnet", "tflite-int8-static"),            # calibration ranges averaged across batches clipped held-out inputs
 ]
 
 
