@@ -88,7 +88,10 @@ def _child(name: str, recipes: list[str], out: Path) -> int:
 
 def _markdown(cells: list[dict[str, Any]], recipes: list[str], command: str) -> str:
     mark = {"pass": "✓", "fail": "✗ fail", "refused": "refused", "crash": "✗ crash"}
-    models = list(dict.fromkeys(c["model"] for c in cells))
+    from mobilekit.zoo import ZOO
+
+    present = {c["model"] for c in cells}  # zoo order, whichever run each row's cells come from
+    models = [m for m in ZOO if m in present] + [m for m in dict.fromkeys(c["model"] for c in cells) if m not in ZOO]
     by = {(c["model"], c["recipe"]): c for c in cells}
     passed = sum(c["status"] == "pass" for c in cells)
     runs = Counter(c.get("command") or "an earlier run whose command the cells do not record" for c in cells)
@@ -168,13 +171,15 @@ def main() -> int:
     cells = [{**json.loads(ln), "command": this_command} for ln in cells_file.read_text().splitlines()]
     if args.merge:  # a partial re-run keeps the other cells of the last full run
         cells = merge_cells(RESULTS / f"{args.result}.json", cells)
+    # the table's columns are every recipe in it (a merged subset run keeps the others' columns)
+    recipes = [r for r in dict.fromkeys([*RECIPES, *args.recipes]) if any(c["recipe"] == r for c in cells)]
     passed = sum(c["status"] == "pass" for c in cells)
     summary = {"cells": len(cells), "passed": passed, "pass_rate": round(passed / max(len(cells), 1), 4),
                "by_status": {s: sum(c["status"] == s for c in cells) for s in ("pass", "fail", "refused", "crash")},
                "seconds": round(time.perf_counter() - start, 1)}
-    out = write_result(f"{args.result}.json", {"summary": summary, "recipes": args.recipes, "cells": cells})
+    out = write_result(f"{args.result}.json", {"summary": summary, "recipes": recipes, "cells": cells})
     command = json.loads(out.read_text())["command"]
-    (RESULTS / f"{args.result}.md").write_text(_markdown(cells, args.recipes, command))
+    (RESULTS / f"{args.result}.md").write_text(_markdown(cells, recipes, command))
     print(json.dumps(summary))
     return 0
 

@@ -274,3 +274,30 @@ def float64_as_float32(program: torch.export.ExportedProgram) -> bool:
     if changed:
         program.graph_module.recompile()
     return changed
+
+
+def calibration_parity(model: torch.nn.Module, calibration: Sequence[Sequence[torch.Tensor]], *,
+                       runtime: str) -> Any:
+    """A function measuring an artifact file against ``model`` on the calibration batches.
+
+    The int8-static fallbacks (TFLite, ONNX) choose between candidate quantizations with it: the
+    returned ``measure(path)`` runs the file on every batch in one child process (a native crash
+    raises RuntimeCrashError, it cannot take the export down) and compares with PyTorch against
+    the default int8-static floor. Only calibration batches are used: the held-out parity inputs
+    of the export's own check stay unseen.
+    """
+    from pathlib import Path
+
+    from mobilekit.parity import Parity, compare_many, tolerance_for
+    from mobilekit.runtime import run_artifact_many
+
+    feeds = [[t.detach().cpu().numpy() for t in batch] for batch in calibration]
+    with torch.no_grad():
+        references = [[t.detach().float().cpu().numpy() for t in flatten_outputs(model(*batch))]
+                      for batch in calibration]
+    floor = tolerance_for("int8-static")
+
+    def measure(path: Path) -> Parity:
+        return compare_many(references, run_artifact_many(Path(path), feeds), tolerance=floor, runtime=runtime)
+
+    return measure

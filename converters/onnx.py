@@ -15,7 +15,9 @@ Precisions (onnxruntime 1.31, checked on this toolchain):
 * ``int8-dynamic``: ``quantize_dynamic`` (int8 per-channel weights, activations quantized at
   run time) on MatMul and Gemm.
 * ``int8-static``: ``quantize_static`` in QDQ format, uint8 activations calibrated on the
-  ``calibration`` batches, int8 per-channel weights.
+  ``calibration`` batches, int8 per-channel weights. The result is measured against PyTorch on
+  the calibration batches; when it loses the int8-static floor, only Conv/ConvTranspose/Gemm/MatMul
+  are requantized in int8 and the closer model is kept (the notes say which, with both cosines).
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ class OnnxConverter:
         del proto.graph.value_info[:]
         with timer("quantize"):
             with tempfile.TemporaryDirectory(prefix=".mk-onnx-", dir=workdir) as tmp:
-                proto = _quantize(proto, recipe.precision, batches, Path(tmp), notes, big=big)
+                proto = _quantize(proto, recipe.precision, batches, Path(tmp), notes, big=big, model=module)
         with timer("serialize"):
             filename, extra = _save(onnx, proto, workdir, external or big)
         return ConvertResult(filename=filename, extra_files=extra, stages=timer.stages,
@@ -205,8 +207,12 @@ def _save_program(onnx_program: Any, workdir: Path) -> tuple[str, list[str]]:
 
 
 def _quantize(proto: Any, precision: str, batches: list[tuple[torch.Tensor, ...]], tmp: Path,
-              notes: list[str], *, big: bool = False) -> Any:
-    """Apply the precision's transform to the ModelProto and return the new one."""
+              notes: list[str], *, big: bool = False, model: torch.nn.Module | None = None) -> Any:
+    """Apply the precision's transform to the ModelProto and return the new one.
+
+    ``model``: the PyTorch model, for int8-static's measured fallback (None: no measurement, the
+    QDQ model on every op type is returned as it is).
+    """
     import onnx
 
     if precision == "fp32":
@@ -241,20 +247,89 @@ def _quantize(proto: Any, precision: str, batches: list[tuple[torch.Tensor, ...]
                              nodes_to_exclude=batched)
             notes.append("int8 per-channel weights on MatMul/Gemm, activations quantized at run time")
         else:
-            reader = _CalibrationReader([i.name for i in proto.graph.input], batches)
+            in_names = [i.name for i in proto.graph.input]
             keep_float = _shared_param_nodes_on_constants(proto) + batched
-            quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            nodes_to_exclude=keep_float, use_external_data_format=big)
+            pools = _ceil_mode_counted_pools(proto)
+
+            def static(out: Path, op_types: Sequence[str] | None = None) -> None:
+                quantize_static(str(src), str(out), _CalibrationReader(in_names, batches),
+                                quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                                weight_type=QuantType.QInt8, nodes_to_exclude=keep_float + pools,
+                                op_types_to_quantize=None if op_types is None else list(op_types),
+                                use_external_data_format=big)
+
+            static(dst)
             if keep_float:
                 notes.append(f"{len(keep_float)} node(s) left in float (layout ops on constants, "
                              "InstanceNormalization)")
+            if pools:
+                notes.append(f"{len(pools)} AveragePool(s) with ceil_mode and count_include_pad left in float "
+                             "(ONNX Runtime 1.31's QLinearAveragePool divides their partial windows by the whole "
+                             "kernel: EfficientNet's pooler output came out all zeros)")
             notes.append(f"QDQ int8: uint8 activations calibrated on {len(batches)} batch(es), "
                          "int8 per-channel weights")
+            if model is not None:
+                dst = _static_with_fallback(dst, static, model, batches, notes)
     except Exception as exc:
         raise ExportError(f"ONNX Runtime {precision} quantization failed: {first_line(exc)}",
                           where=f"onnx-{precision}", fix="try onnx-int8-weight or onnx-fp32") from exc
     return onnx.load(str(dst))
+
+
+# The op types whose int8 kernels carry a model's arithmetic: when QDQ int8 on every op type ORT
+# quantizes loses the int8-static floor on the calibration batches, only these stay int8 (the same
+# rule as the TFLite converter's fallback).
+_COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _static_with_fallback(full: Path, requantize: Any, model: torch.nn.Module,
+                          batches: list[tuple[torch.Tensor, ...]], notes: list[str]) -> Path:
+    """The QDQ model at ``full``, or one with only ``_COMPUTE_OPS`` in int8 when ``full`` loses the floor.
+
+    Both are measured on the calibration batches (the held-out parity inputs stay unseen) in a
+    child process, against PyTorch; the one kept is the first that holds the default int8-static
+    floor, else the closer one. ``requantize(path, op_types)`` writes the compute-ops model. The
+    choice and both measurements go into the artifact's notes.
+    """
+    from mobilekit.converters._torch_common import calibration_parity
+    from mobilekit.errors import RuntimeCrashError
+
+    measure = calibration_parity(model, batches, runtime="onnxruntime")
+    try:
+        first = measure(full)
+    except RuntimeCrashError:  # the export's own parity check reports a model ORT cannot run
+        return full
+    if first.status == "pass":
+        notes.append(f"int8 on every op type ONNX Runtime quantizes (calibration batches: cosine {first.cosine:.4f})")
+        return full
+    lost = (f"int8 on every op type ONNX Runtime quantizes lost the int8-static floor on the calibration "
+            f"batches (cosine {first.cosine:.4f})")
+    mixed = full.with_name("compute-int8.onnx")
+    requantize(mixed, _COMPUTE_OPS)
+    try:
+        second = measure(mixed)
+    except RuntimeCrashError:
+        notes.append(f"{lost}; the int8-matmul/conv fallback did not run in ONNX Runtime, so it was not kept")
+        return full
+    keep_mixed = second.status == "pass" or second.cosine > first.cosine
+    notes.append(f"{lost}; with only {', '.join(_COMPUTE_OPS)} in int8 and the rest float: cosine "
+                 f"{second.cosine:.4f}; kept the " + ("compute-ops model" if keep_mixed else "all-op-types model"))
+    return mixed if keep_mixed else full
+
+
+def _ceil_mode_counted_pools(proto: Any) -> list[str]:
+    """AveragePool nodes with ``ceil_mode`` and ``count_include_pad``: they must stay float.
+
+    A window that runs past the input (ceil_mode) averages only the elements inside it, in
+    PyTorch and in ORT's float AveragePool; ORT 1.31's QLinearAveragePool (what a QDQ AveragePool
+    becomes) divides by the whole kernel instead. Transformers' EfficientNet pools a 2x2 map with
+    a 320x320 ceil-mode kernel: quantized, its pooler output was all zeros.
+    """
+    def attr(node: Any, name: str) -> int:
+        return next((a.i for a in node.attribute if a.name == name), 0)
+
+    return [n.name for n in proto.graph.node if n.op_type == "AveragePool" and n.name
+            and attr(n, "ceil_mode") and attr(n, "count_include_pad")]
 
 
 # QDQ ops whose output reuses the input's quantization parameters; ORT 1.31 cannot do that when the

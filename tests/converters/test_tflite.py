@@ -189,3 +189,17 @@ def test_a_model_over_the_flatbuffer_limit_is_refused_before_any_work(monkeypatc
         mobilekit.export(model, inputs, targets=["pixel-8"], formats=["tflite"], precision="int8-dynamic",
                          out_dir=tmp_path / "o", cache_dir=tmp_path / "c")
     assert "onnx-fp32 (external weights)" in info.value.fix
+
+
+def test_calibration_ranges_merge_as_min_max_over_batches() -> None:
+    """ai-edge-quantizer averages ranges across the batches of one calibrate call (0.95 on the
+    earlier ones); each batch is calibrated alone and the ranges merged, so no batch is clipped."""
+    from mobilekit.converters.tflite import _merge_ranges
+
+    a = {"x": {"min": np.array([-1.0]), "max": np.array([1.0])}, "only_a": {"min": np.array([0.0]),
+                                                                          "max": np.array([2.0])}}
+    b = {"x": {"min": np.array([-3.0]), "max": np.array([0.5])}}
+    merged = _merge_ranges([a, b])
+    assert merged["x"]["min"].tolist() == [-3.0] and merged["x"]["max"].tolist() == [1.0]
+    assert merged["only_a"]["max"].tolist() == [2.0]
+    assert a["x"]["min"].tolist() == [-1.0]  # the inputs are not modified
