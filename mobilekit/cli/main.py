@@ -72,7 +72,9 @@ def _quiet_third_party() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     # torch re-sets its loggers' levels and handlers when it is imported; a filter stays. torchao's
     # import logs a deprecation through this one on every run.
-    logging.getLogger("torch.utils._pytree").addFilter(errors_only)
+    # torch.onnx's exporter warns once per export that torchvision (not a dependency) is missing.
+    for name in ("torch.utils._pytree", "torch.onnx._internal.exporter._registration"):
+        logging.getLogger(name).addFilter(errors_only)
     # Some libraries set their own module loggers to INFO on import (ExecuTorch's Core ML partitioner)
     # and call basicConfig: own the root handler first, and let through only mobilekit below ERROR.
     handler = logging.StreamHandler()
