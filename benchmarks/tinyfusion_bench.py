@@ -521,7 +521,9 @@ def to_markdown(res: dict) -> str:
     if any(e.get("pattern", "1:2") != res.get("pattern", "1:2") for e in res.get("extra_runs", {}).values()):
         lines += ["", "Other N:M patterns (below): the paper's 1:2, 2:4 and 7:14 are on 28 layers. On this "
                   "12-layer testbed 2:4 keeps 2 of every 4 blocks (three local groups) and 6:12 keeps 6 of 12 in "
-                  "one global group, the analogue of 7:14 (both keep half with a single group). Same teacher "
+                  "one global group, the analogue of 7:14 (both keep half with a single group). Only learnable and "
+                  "oracle obey the pattern; shortgpt, flux-lite, sensitivity and random keep the best half anywhere "
+                  "(the pattern only sets how many), so their kept sets repeat across patterns. Same teacher "
                   "recipe, search and recovery budgets as the 1:2 table. Per-seed numbers: "
                   "`tinyfusion_summary.json` under `patterns[\"2:4\"]`, `patterns[\"6:12\"]` (same shape as the "
                   "top-level `methods`, which stays the 1:2 run, plus `seeds`, `teacher` and `command`)."]
