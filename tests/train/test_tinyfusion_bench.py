@@ -1,0 +1,67 @@
+"""The TinyFusion benchmark's rendering: extra N:M-pattern runs get 95% intervals and per-seed kept
+sets in the markdown, and go under ``patterns`` in tinyfusion_summary.json without changing the
+1:2 ``methods`` (benchmarks/tinyfusion_bench.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("tinyfusion_bench", ROOT / "benchmarks" / "tinyfusion_bench.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["tinyfusion_bench"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _rows(offset: float) -> list[dict]:
+    rows = []
+    for seed in (0, 1, 2):
+        for method, fd, kept in (("learnable", 300.0 + seed + offset, [0, 3] if seed else [0, 2]),
+                                 ("sensitivity", 200.0 + 2 * seed, [0, 1]),
+                                 ("random-best-of-k", 250.0, [1, 2])):
+            rows.append({"method": method, "seed": seed, "recovery": "finetune", "kept": kept,
+                         "calibration_loss": 0.3, "heldout_loss_after_recovery": 0.08, "frechet_after_recovery": fd})
+    return rows
+
+
+def _result() -> dict:
+    settings = {"pretrain_steps": 1, "recover_steps": 1, "seeds": [0, 1, 2], "search_steps": 1}
+    summary = {m: {} for m in ("learnable", "sensitivity", "random-best-of-k")}
+    return {"mode": "quick", "command": "cmd", "settings": settings, "pattern": "1:2",
+            "classifier_heldout_accuracy": 0.9, "teacher": {"heldout_loss": 0.07, "frechet": 200.0},
+            "sampler": {"samples": 3, "steps": 2}, "data": {"heldout": 3}, "rows": _rows(0.0), "summary": summary,
+            "spearman_post_pruning_vs_recovered": 0.5,
+            "search_cost": {"learnable_search_step_s": 0.1, "plain_train_step_s": 0.1, "ratio": 1.0, "batch": 2},
+            "latency": {},
+            "extra_runs": {"pattern-2:4": {"command": "cmd2", "settings": settings, "pattern": "2:4",
+                                           "teacher": {"heldout_loss": 0.07, "frechet": 201.0},
+                                           "rows": _rows(10.0), "summary": summary, "seconds": 5.0}}}
+
+
+def test_extra_runs_render_intervals_and_kept_per_seed(bench):
+    md = bench.to_markdown(_result())
+    extra = md[md.index("Extra run `pattern-2:4`"):]
+    m, h = bench.ci95([310.0, 311.0, 312.0])
+    assert f"| learnable | [0, 2] (seed 0); [0, 3] (seeds 1, 2) | 0.3000 | 0.0800 | {m:.1f} ± {h:.1f} |" in extra
+    d, dh = bench.ci95([110.0, 109.0, 108.0])
+    assert f"paired by seed (3 seeds): {d:+.1f} ± {dh:.1f}" in extra
+    assert "one global group" in md
+
+
+def test_summary_keeps_methods_and_adds_patterns(bench):
+    s = bench.summary_file(_result())
+    assert s["methods"]["learnable"]["fd"] == [300.0, 301.0, 302.0]  # the 1:2 run, unchanged shape
+    assert set(s["methods"]) == {"learnable", "sensitivity", "random"}
+    p = s["patterns"]["2:4"]
+    assert p["methods"]["learnable"]["fd"] == [310.0, 311.0, 312.0]
+    assert p["methods"]["learnable"]["kept"] == [[0, 2], [0, 3], [0, 3]] and p["seeds"] == [0, 1, 2]
+    assert p["teacher"]["fd"] == 201.0 and p["command"] == "cmd2"
