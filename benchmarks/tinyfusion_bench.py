@@ -324,6 +324,11 @@ def main() -> None:
         ("sensitivity", {"method": "sensitivity"}, "finetune"),
         ("oracle", {"method": "oracle"}, "finetune"),
         ("random-best-of-k", {"method": "random", "random_trials": cfg["random_trials"]}, "finetune"),
+        # the same baselines held to the N:M pattern the learnable search obeys (best N of each group of M)
+        ("sensitivity-groups", {"method": "sensitivity", "baseline_scope": "groups"}, "finetune"),
+        ("shortgpt-groups", {"method": "shortgpt", "baseline_scope": "groups"}, "finetune"),
+        ("random-groups", {"method": "random", "random_trials": cfg["random_trials"], "baseline_scope": "groups"},
+         "finetune"),
     ]
     if cfg["ablations"]:
         methods += [("learnable-frozen", {"method": "learnable", "delta": "frozen"}, "finetune"),

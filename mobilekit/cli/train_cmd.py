@@ -64,6 +64,7 @@ def register(app: typer.Typer) -> None:
         checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="steps between resumable checkpoints (0: none)")] = 0,
         search_loss: Annotated[str, typer.Option("--search-loss", help="eps, or eps+vlb (adds the VLB term on a learned variance)")] = "eps",
         protect: Annotated[str | None, typer.Option("--protect", help="blocks every candidate must keep, e.g. 0 (learnable only)")] = None,
+        baseline_scope: Annotated[str, typer.Option("--baseline-scope", help="global (baselines keep the best blocks anywhere) or groups (the best N of every group of M, as --pattern says)")] = "global",
         device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")] = None,
         precision: Annotated[str, typer.Option("--precision", help="fp32 or bf16 (autocast)")] = "fp32",
         grad_accum: Annotated[int, typer.Option("--grad-accum", help="micro-batches per optimizer step")] = 1,
@@ -77,7 +78,7 @@ def register(app: typer.Typer) -> None:
                                   lora_rank=lora_rank, lr=lr, kept=_kept(kept), seed=seed,
                                   checkpoint_every=checkpoint_every, log_every=max(1, steps // 50),
                                   search_loss=search_loss, protect=_kept(protect, "--protect"), precision=precision,
-                                  grad_accum=grad_accum)
+                                  grad_accum=grad_accum, baseline_scope=baseline_scope)
         model = _load_model(spec, seed)
         with progress_callback(f"prune {spec} ({method} {pattern})") as on_progress:
             result = prune_depth(model, data, config, out_dir=out, on_progress=on_progress, device=device)

@@ -100,3 +100,28 @@ def test_explicit_indices(case: tuple) -> None:
     with torch.no_grad():
         ref = model.head(model.blocks[5](model.blocks[2](model.blocks[1](model.inp(x.flatten(2).transpose(1, 2))))))
         torch.testing.assert_close(res.model(x), ref.transpose(1, 2).reshape(2, 4, 4, 4))
+
+
+def test_group_scope_holds_the_baselines_to_the_n_m_pattern() -> None:
+    from mobilekit.errors import ConfigError
+    from mobilekit.train.tinyfusion.baselines import keep_top_per_group
+
+    assert keep_top_per_group([5, 4, 1, 2, 3, 0], mk.parse_pattern("1:2", 6)) == [0, 3, 4]
+    assert keep_top_per_group([5, 4, 1, 2, 3, 0, 9, 8], mk.parse_pattern("2:4", 8)) == [0, 1, 6, 7]
+    # the two strongest blocks share a pair: global sensitivity keeps both, grouped keeps one per pair
+    model = ScaledResidualStack([0.5, 0.4, 0.01, 0.02, 0.3, 0.03]).eval()
+    x = torch.randn(48, 4, 4, 4, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
+    data = DataSource(x, None, 0, "random")
+    runs = {scope: prune_depth(model, data, DepthPruneConfig(method="sensitivity", pattern="1:2", calib_samples=32,
+                                                             baseline_scope=scope), stack=scaled_stack_adapter())
+            for scope in ("global", "groups")}
+    scores = runs["global"].scores["loss_increase"]
+    assert runs["groups"].scores["loss_increase"] == pytest.approx(scores)
+    assert len({k // 2 for k in runs["global"].kept}) < 3  # the global choice breaks 1:2 here
+    assert runs["groups"].kept == keep_top_per_group(scores, mk.parse_pattern("1:2", 6))
+    assert [k // 2 for k in runs["groups"].kept] == [0, 1, 2]
+    rnd = prune_depth(model, data, DepthPruneConfig(method="random", pattern="1:2", calib_samples=32, random_trials=5,
+                                                    baseline_scope="groups"), stack=scaled_stack_adapter())
+    assert [k // 2 for k in rnd.kept] == [0, 1, 2]  # one block of every pair
+    with pytest.raises(ConfigError, match="baseline scope"):
+        DepthPruneConfig(baseline_scope="local")

@@ -12,6 +12,9 @@ unpruned model and keep ``keep`` blocks:
 - ``random``: ``trials`` random kept sets of size ``keep``; the one with the lowest
   calibration loss wins.
 - ``indices``: the given kept indices.
+
+``scope="groups"`` makes the score baselines and ``random`` obey the N:M pattern (the best N of
+every group of M) instead of keeping the best blocks anywhere; ``oracle`` always obeys it.
 """
 
 from __future__ import annotations
@@ -72,6 +75,15 @@ def keep_top(scores: Sequence[float], keep: int, *, protect_last: bool = False) 
     return sorted(order[:keep])
 
 
+def keep_top_per_group(scores: Sequence[float], pattern: mk.Pattern, *, protect_last: bool = False) -> list[int]:
+    """``keep_top`` inside every group of the pattern: the N highest-scoring blocks of each group of M."""
+    kept: list[int] = []
+    for (n, _), rng in zip(pattern, mk.group_ranges(pattern), strict=True):
+        local = keep_top([scores[i] for i in rng], n, protect_last=protect_last and rng.stop == len(scores))
+        kept.extend(rng.start + i for i in local)
+    return sorted(kept)
+
+
 def oracle_kept(pattern: mk.Pattern) -> list[int]:
     """BK-SDM-style choice: first-half groups keep their first N layers, second-half groups their last N."""
     depth = sum(m for _, m in pattern)
@@ -101,15 +113,23 @@ def sensitivity_scores(gated: nn.Module, stack: BlockStack, state: GateState, ba
 
 @torch.no_grad()
 def random_best(gated: nn.Module, stack: BlockStack, state: GateState, batches: list[NoisyBatch], keep: int,
-                trials: int, seed: int, on_progress: ProgressFn | None = None) -> tuple[list[int], list[float]]:
-    """Best of ``trials`` random kept sets by calibration loss; returns (kept, every trial's loss)."""
+                trials: int, seed: int, on_progress: ProgressFn | None = None,
+                pattern: mk.Pattern | None = None) -> tuple[list[int], list[float]]:
+    """Best of ``trials`` random kept sets by calibration loss; returns (kept, every trial's loss).
+
+    With ``pattern``, every candidate keeps N random blocks of each group of M.
+    """
     depth = len(stack.blocks(gated))
     gen = torch.Generator().manual_seed(seed + 777)
     best: list[int] = []
     best_loss = float("inf")
     losses = []
     for i in range(trials):
-        kept = sorted(torch.randperm(depth, generator=gen)[:keep].tolist())
+        if pattern is None:
+            kept = sorted(torch.randperm(depth, generator=gen)[:keep].tolist())
+        else:
+            kept = sorted(rng.start + int(i) for (n, _), rng in zip(pattern, mk.group_ranges(pattern), strict=True)
+                          for i in torch.randperm(len(rng), generator=gen)[:n])
         state.masks = _keep_mask(depth, kept)
         loss = calibration_loss(gated, stack, batches)
         losses.append(loss)
@@ -123,14 +143,23 @@ def random_best(gated: nn.Module, stack: BlockStack, state: GateState, batches: 
 
 def choose_baseline(method: str, gated: nn.Module, stack: BlockStack, state: GateState, batches: list[NoisyBatch],
                     pattern: mk.Pattern, *, kept: Sequence[int] = (), trials: int = 16, seed: int = 0,
-                    on_progress: ProgressFn | None = None) -> tuple[list[int], dict[str, list[float]]]:
+                    on_progress: ProgressFn | None = None,
+                    scope: str = "global") -> tuple[list[int], dict[str, list[float]]]:
     """Kept indices chosen by a baseline ``method``, and the per-block scores it used.
+
+    ``scope``: ``global`` (the best blocks anywhere) or ``groups`` (the best N of every group of M).
 
     Raises:
         ConfigError: unknown method or invalid explicit indices.
     """
     depth = len(stack.blocks(gated))
     keep = sum(n for n, _ in pattern)
+
+    def top(scores: list[float], protect_last: bool = False) -> list[int]:
+        if scope == "groups":
+            return keep_top_per_group(scores, pattern, protect_last=protect_last)
+        return keep_top(scores, keep, protect_last=protect_last)
+
     if method == "indices":
         bad = [k for k in kept if not 0 <= k < depth]
         if bad:
@@ -142,13 +171,14 @@ def choose_baseline(method: str, gated: nn.Module, stack: BlockStack, state: Gat
     if method in ("shortgpt", "flux-lite"):
         bi, mse = block_io_scores(gated, stack, state, batches)
         if method == "shortgpt":
-            return keep_top(bi, keep, protect_last=True), {"block_influence": bi}
-        return keep_top(mse, keep), {"io_mse": mse}
+            return top(bi, protect_last=True), {"block_influence": bi}
+        return top(mse), {"io_mse": mse}
     if method == "sensitivity":
         sens = sensitivity_scores(gated, stack, state, batches, on_progress)
-        return keep_top(sens, keep), {"loss_increase": sens}
+        return top(sens), {"loss_increase": sens}
     if method == "random":
-        best, losses = random_best(gated, stack, state, batches, keep, trials, seed, on_progress)
+        best, losses = random_best(gated, stack, state, batches, keep, trials, seed, on_progress,
+                                   pattern=pattern if scope == "groups" else None)
         return best, {"trial_losses": losses}
     raise ConfigError(f"unknown baseline {method!r}", where="method",
                       fix="choose shortgpt, flux-lite, sensitivity, oracle, random or indices")

@@ -108,6 +108,10 @@ class DepthPruneConfig(_Serialisable):
         label_dropout: probability of replacing a label by the null class (classifier-free guidance).
         calib_samples: samples in the fixed calibration set (baselines, calibration loss).
         random_trials: candidate masks the ``random`` method scores.
+        baseline_scope: where the score baselines (``shortgpt``, ``flux-lite``, ``sensitivity``,
+            ``random``) choose: ``global`` keeps the best blocks anywhere (only the number kept
+            follows the pattern); ``groups`` keeps the best N of every group of M, so they obey
+            the same N:M constraint the learnable search and ``oracle`` do.
         seed: run seed (per-process seed = seed * world + rank).
         log_every: steps between decision log entries.
         checkpoint_every: steps between resumable checkpoints (0: none).
@@ -141,6 +145,7 @@ class DepthPruneConfig(_Serialisable):
     label_dropout: float = 0.1
     calib_samples: int = 64
     random_trials: int = 16
+    baseline_scope: str = "global"
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 0
@@ -164,6 +169,9 @@ class DepthPruneConfig(_Serialisable):
                               fix="use method='learnable', or method='indices' with the blocks you want")
         if self.method not in METHODS:
             raise ConfigError(f"unknown pruning method {self.method!r}", where="method", fix=f"choose one of {METHODS}")
+        if self.baseline_scope not in ("global", "groups"):
+            raise ConfigError(f"unknown baseline scope {self.baseline_scope!r}", where="baseline_scope",
+                              fix="choose 'global' or 'groups'")
         if self.delta not in DELTAS:
             raise ConfigError(f"unknown delta {self.delta!r}", where="delta", fix=f"choose one of {DELTAS}")
         if self.method == "indices" and not self.kept:

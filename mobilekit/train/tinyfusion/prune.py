@@ -152,7 +152,8 @@ def prune_depth(model: nn.Module, data: str | Path | DataSource, config: DepthPr
         gated, state = gated_copy(model, stack)
         force_eval(gated.to(dev))
         kept, scores = choose_baseline(config.method, gated, stack, state, batches, pattern, kept=config.kept,
-                                       trials=config.random_trials, seed=config.seed, on_progress=on_progress)
+                                       trials=config.random_trials, seed=config.seed, on_progress=on_progress,
+                                       scope=config.baseline_scope)
     pruned = build_pruned(model, kept, stack)
     force_eval(pruned.to(dev))
     calib = calibration_loss(pruned, stack, batches)
