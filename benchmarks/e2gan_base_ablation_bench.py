@@ -22,6 +22,7 @@ Run:  nice -n 10 .venv/bin/python benchmarks/e2gan_base_ablation_bench.py --mode
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import random
 import shutil
@@ -46,7 +47,8 @@ log = logging.getLogger("e2gan_base_ablation")
 
 KINDS = ("clustered", "random", "single")
 CONTRASTS = [("clustered", "random"), ("clustered", "single")]
-METRICS = ("psnr", "l1", "fd", "zero_shot_psnr", "zero_shot_nearest_psnr", "zero_shot_minus_identity")
+METRICS = ("psnr", "l1", "fd", "zero_shot_psnr", "zero_shot_nearest_psnr", "zero_shot_minus_identity",
+           "zero_shot_nearest_minus_identity")
 METHOD = eb.METHODS[0]  # ("lora-searched", "lora", "search", None)
 assert METHOD[0] == eb.REFERENCE
 
@@ -125,6 +127,12 @@ def run_seed(mode: dict[str, Any], work: Path, seed: int, single: str, pool: lis
     return out
 
 
+def _metric(run: dict[str, Any], metric: str) -> float:
+    if metric == "zero_shot_nearest_minus_identity":
+        return run["zero_shot_nearest_psnr"] - run["identity_psnr"]
+    return run[metric]
+
+
 def analyse(seeds: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Mean ± 95% t-interval over seeds per base kind (concept average and per concept), and paired contrasts."""
     order = sorted(seeds, key=int)
@@ -134,7 +142,7 @@ def analyse(seeds: dict[str, dict[str, Any]]) -> dict[str, Any]:
         vs = []
         for k in order:
             cs = seeds[k]["bases"][kind]["concepts"]
-            vs.append(cs[concept][metric] if concept else statistics.mean(cs[c][metric] for c in held))
+            vs.append(_metric(cs[concept], metric) if concept else statistics.mean(_metric(cs[c], metric) for c in held))
         return vs
 
     def block(concept: str | None) -> dict[str, Any]:
@@ -150,16 +158,18 @@ def analyse(seeds: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def _md_block(st: dict[str, Any]) -> list[str]:
     ci = eb._ci
     lines = ["| base kind | adapted PSNR dB | adapted L1 | adapted FD | zero-shot PSNR (mean emb.) "
-             "| zero-shot PSNR (nearest base concept) | zero-shot − identity dB |", "|---|---|---|---|---|---|---|"]
+             "| zero-shot PSNR (nearest base concept) | zero-shot − identity dB (mean emb.) "
+             "| zero-shot − identity dB (nearest) |", "|---|---|---|---|---|---|---|---|"]
     for kind in KINDS:
         s = st[kind]
         lines.append(f"| {kind} | {ci(s['psnr'])} | {s['l1']['mean']:.4f} ± {s['l1']['ci95']:.4f} | {ci(s['fd'])} | "
                      f"{ci(s['zero_shot_psnr'])} | {ci(s['zero_shot_nearest_psnr'])} | "
-                     f"{ci(s['zero_shot_minus_identity'])} |")
+                     f"{ci(s['zero_shot_minus_identity'])} | {ci(s['zero_shot_nearest_minus_identity'])} |")
     for name, s in st["contrasts"].items():
         lines.append(f"| Δ {name.replace('_minus_', ' − ')} (paired) | {ci(s['psnr'])} | "
                      f"{s['l1']['mean']:.4f} ± {s['l1']['ci95']:.4f} | {ci(s['fd'])} | {ci(s['zero_shot_psnr'])} | "
-                     f"{ci(s['zero_shot_nearest_psnr'])} | {ci(s['zero_shot_minus_identity'])} |")
+                     f"{ci(s['zero_shot_nearest_psnr'])} | {ci(s['zero_shot_minus_identity'])} | "
+                     f"{ci(s['zero_shot_nearest_minus_identity'])} |")
     return lines
 
 
@@ -217,7 +227,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=Path("/tmp/e2gan_base_ablation"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "e2gan_base_ablation.json")
+    ap.add_argument("--render-only", action="store_true", help="only recompute the analysis and .md from --out")
     args = ap.parse_args(argv)
+    if args.render_only:
+        res = json.loads(args.out.read_text())
+        res["analysis"] = analyse(res["seeds"])
+        write_outputs(args.out, res)
+        return res
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     mode = dict(eb.MODES[args.mode])
