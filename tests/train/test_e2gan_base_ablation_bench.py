@@ -74,7 +74,7 @@ def _fake_seeds(vals):
 
     def run(p):
         return {"psnr": p, "l1": 0.1, "fd": 1.0, "zero_shot_psnr": p - 5, "zero_shot_nearest_psnr": p - 4,
-                "zero_shot_minus_identity": -1.0}
+                "zero_shot_minus_identity": -1.0, "identity_psnr": p - 4}
 
     return {str(s): {"bases": {k: {"concepts": {c: run(p) for c in cc.DEFAULT_HELD_OUT}} for k, p in kv.items()}}
             for s, kv in vals.items()}
