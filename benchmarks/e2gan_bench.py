@@ -116,13 +116,19 @@ def generator_macs(cfg: E2GANConfig, size: int) -> int:
     return int(macs)
 
 
-def _train_seed_base(mode: dict[str, Any], work: Path, seed: int) -> tuple[BaseModel, dict[str, Any]]:
-    """Train this seed's base; return it with its record (concepts, seconds, LoRA budget)."""
+def _train_seed_base(mode: dict[str, Any], work: Path, seed: int, concepts: list[str] | None = None,
+                     pairs_per_concept: int | None = None) -> tuple[BaseModel, dict[str, Any]]:
+    """Train this seed's base; return it with its record (concepts, seconds, LoRA budget).
+
+    ``concepts`` None: ``mode["num_concepts"]`` chosen by k-means (``choose_concepts``); else these.
+    ``pairs_per_concept`` None: ``mode["base_pairs"]``.
+    """
     gcfg = _gen_config(mode["gen"])
     t0 = time.perf_counter()
     base_cfg = BaseTrainConfig(generator=gcfg, discriminator=PatchDiscriminatorConfig(base_width=16, num_layers=3),
+                               concepts=tuple(concepts) if concepts else None,
                                num_concepts=mode["num_concepts"], exclude=tuple(cc.DEFAULT_HELD_OUT),
-                               pairs_per_concept=mode["base_pairs"], image_size=mode["size"],
+                               pairs_per_concept=pairs_per_concept or mode["base_pairs"], image_size=mode["size"],
                                loop=LoopConfig(steps=mode["base_steps"], batch_size=mode["batch"], lr=BASE_LR,
                                                seed=seed, checkpoint_every=0))
     base = train_base(base_cfg, work / "base")
@@ -132,7 +138,7 @@ def _train_seed_base(mode: dict[str, Any], work: Path, seed: int) -> tuple[BaseM
     mods = dict(base.generator.named_modules())
     rank1 = sum(layer_lora_cost(mods[n]) for n in lora_targets(base.generator))
     return base, {"concepts": run["concepts"], "train_seconds": round(run["train_seconds"], 2),
-                  "steps": mode["base_steps"], "generator_parameters": n_gen, "generator_bytes_fp32": 4 * n_gen,
+                  "steps": mode["base_steps"], "pairs_per_concept": pairs_per_concept or mode["base_pairs"], "generator_parameters": n_gen, "generator_bytes_fp32": 4 * n_gen,
                   # uniform ranks spend the budget exactly; searched and random ranks to within one rank step
                   "lora_budget_parameters": UNIFORM_RANK * rank1}
 
