@@ -436,22 +436,26 @@ def _per_seed(rows: list[dict]) -> dict[str, dict[str, list]]:
 def summary_file(res: dict) -> dict:
     """The per-seed numbers in the format issue 10 asks for.
 
-    Top-level ``methods`` is the main run (pattern ``res["pattern"]``, 1:2). Extra runs at other
-    N:M patterns (``extra_runs`` whose pattern differs) go under ``patterns[PATTERN]`` with the same
-    per-method shape plus their teacher and command; readers of the old file see no change.
+    Top-level ``methods`` is the main run (pattern ``res["pattern"]``, 1:2). Extra runs go under
+    ``patterns[PATTERN]`` with the same per-method shape plus their teacher and command; several
+    runs of one pattern (e.g. the grouped baselines) merge their methods, the later ones listed in
+    ``more_runs``. Readers of the old file see no change.
     """
     out = {"teacher": {"fd": res["teacher"]["frechet"], "heldout_loss": res["teacher"]["heldout_loss"]},
            "pattern": res.get("pattern", "1:2"), "methods": _per_seed(res["rows"]),
            "spearman_post_pruning_vs_recovered": res["spearman_post_pruning_vs_recovered"],
            "command": res["command"]}
-    patterns = {}
+    patterns: dict[str, dict] = {}
     for label, extra in res.get("extra_runs", {}).items():
-        pat = extra.get("pattern", "1:2")
-        if pat == out["pattern"]:
-            continue
-        patterns[pat] = {"label": label, "command": extra["command"], "seeds": extra["settings"]["seeds"],
-                         "teacher": {"fd": extra["teacher"]["frechet"], "heldout_loss": extra["teacher"]["heldout_loss"]},
-                         "methods": _per_seed(extra["rows"])}
+        run = {"label": label, "command": extra["command"], "seeds": extra["settings"]["seeds"],
+               "teacher": {"fd": extra["teacher"]["frechet"], "heldout_loss": extra["teacher"]["heldout_loss"]}}
+        methods = _per_seed(extra["rows"])
+        entry = patterns.get(extra.get("pattern", "1:2"))
+        if entry is None:  # the first run of a pattern gives the entry its label, command and teacher
+            patterns[extra.get("pattern", "1:2")] = {**run, "methods": methods}
+        else:  # later runs of the same pattern (other methods) add theirs, each named with its run
+            entry["methods"].update(methods)
+            entry.setdefault("more_runs", []).append({**run, "methods": sorted(methods)})
     if patterns:
         out["patterns"] = patterns
     return out
@@ -528,10 +532,12 @@ def to_markdown(res: dict) -> str:
                   "12-layer testbed 2:4 keeps 2 of every 4 blocks (three local groups) and 6:12 keeps 6 of 12 in "
                   "one global group, the analogue of 7:14 (both keep half with a single group). Only learnable and "
                   "oracle obey the pattern; shortgpt, flux-lite, sensitivity and random keep the best half anywhere "
-                  "(the pattern only sets how many), so their kept sets repeat across patterns. Same teacher "
+                  "(the pattern only sets how many), so their kept sets repeat across patterns; their `-groups` "
+                  "variants (`baseline_scope=\"groups\"`) keep the best N of every group of M instead. Same teacher "
                   "recipe, search and recovery budgets as the 1:2 table. Per-seed numbers: "
                   "`tinyfusion_summary.json` under `patterns[\"2:4\"]`, `patterns[\"6:12\"]` (same shape as the "
-                  "top-level `methods`, which stays the 1:2 run, plus `seeds`, `teacher` and `command`)."]
+                  "top-level `methods`, which stays the 1:2 run, plus `seeds`, `teacher` and `command`; the grouped "
+                  "baselines' runs are merged in and listed under `more_runs`, those at 1:2 under `patterns[\"1:2\"]`)."]
     for label, extra in res.get("extra_runs", {}).items():
         lines += ["", f"Extra run `{label}` (`{extra['command']}`; pattern {extra.get('pattern', '1:2')}, "
                   f"search {extra['settings']['search_steps']} steps, seeds {extra['settings']['seeds']}, "

@@ -65,3 +65,17 @@ def test_summary_keeps_methods_and_adds_patterns(bench):
     assert p["methods"]["learnable"]["fd"] == [310.0, 311.0, 312.0]
     assert p["methods"]["learnable"]["kept"] == [[0, 2], [0, 3], [0, 3]] and p["seeds"] == [0, 1, 2]
     assert p["teacher"]["fd"] == 201.0 and p["command"] == "cmd2"
+
+
+def test_summary_merges_several_runs_of_one_pattern(bench):
+    res = _result()
+    grouped = [dict(r, method="sensitivity-groups") for r in _rows(20.0) if r["method"] == "sensitivity"]
+    for label, pat in (("pattern-2:4-groups", "2:4"), ("pattern-1:2-groups", "1:2")):
+        res["extra_runs"][label] = {**res["extra_runs"]["pattern-2:4"], "command": f"cmd-{label}", "pattern": pat,
+                                    "rows": grouped}
+    s = bench.summary_file(res)
+    p = s["patterns"]["2:4"]
+    assert {"learnable", "sensitivity-groups"} <= set(p["methods"]) and p["command"] == "cmd2"
+    assert p["more_runs"][0]["label"] == "pattern-2:4-groups" and p["more_runs"][0]["methods"] == ["sensitivity-groups"]
+    assert set(s["patterns"]["1:2"]["methods"]) == {"sensitivity-groups"}
+    assert "sensitivity-groups" not in s["methods"]  # the main run stays as it was
