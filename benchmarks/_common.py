@@ -49,6 +49,15 @@ def ci95(xs: list[float]) -> tuple[float, float]:
     return m, float(stats.t.ppf(0.975, len(xs) - 1) * statistics.stdev(xs) / len(xs) ** 0.5)
 
 
+def rewrite_markdown(stem: str, render: Any) -> Path:
+    """``--render-only``: rewrite ``results/<stem>.md`` from ``results/<stem>.json`` with ``render(dict) -> str``."""
+    import json
+
+    from mobilekit._io import write_text_atomic
+
+    return write_text_atomic(RESULTS / f"{stem}.md", render(json.loads((RESULTS / f"{stem}.json").read_text())))
+
+
 def write_result(name: str, data: dict[str, Any]) -> Path:
     """Write ``benchmarks/results/<name>`` atomically with the provenance fields first."""
     from mobilekit._io import write_json_atomic

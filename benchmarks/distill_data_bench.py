@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, ROOT, write_result  # noqa: E402
+from _common import RESULTS, ROOT, rewrite_markdown, write_result  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
@@ -92,7 +92,7 @@ def main() -> int:
     args = ap.parse_args()
     md = RESULTS / "distill_data.md"
     if args.render_only:
-        write_text_atomic(md, _markdown(json.loads((RESULTS / "distill_data.json").read_text())))
+        rewrite_markdown("distill_data", _markdown)
         return 0
     import torch
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, ROOT, ci95, write_result  # noqa: E402
+from _common import RESULTS, ROOT, ci95, rewrite_markdown, write_result  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
@@ -138,7 +138,7 @@ def main() -> int:
     args = ap.parse_args()
     md = RESULTS / "dit_depth_latency.md"
     if args.render_only:
-        write_text_atomic(md, _markdown(json.loads((RESULTS / "dit_depth_latency.json").read_text())))
+        rewrite_markdown("dit_depth_latency", _markdown)
         return 0
 
     cells = [c.partition(":")[::2] for c in args.cells]

@@ -3,27 +3,19 @@ picks its concepts, the paired statistics, and one smoke-size seed end to end.""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.fixtures.benches import load_bench
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def abl():
-    sys.path.insert(0, str(ROOT))
-    spec = importlib.util.spec_from_file_location("e2gan_base_ablation_bench",
-                                                  ROOT / "benchmarks" / "e2gan_base_ablation_bench.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["e2gan_base_ablation_bench"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("e2gan_base_ablation_bench")
 
 
 def test_pool_excludes_the_held_out_concepts(abl):

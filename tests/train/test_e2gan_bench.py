@@ -3,24 +3,18 @@ evidence, and one smoke-size seed through every method (benchmarks/e2gan_bench.p
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.fixtures.benches import load_bench
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("e2gan_bench", ROOT / "benchmarks" / "e2gan_bench.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["e2gan_bench"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("e2gan_bench")
 
 
 def test_ci95_is_the_student_t_half_width(bench):

@@ -4,22 +4,15 @@ sets in the markdown, and go under ``patterns`` in tinyfusion_summary.json witho
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.fixtures.benches import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("tinyfusion_bench", ROOT / "benchmarks" / "tinyfusion_bench.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["tinyfusion_bench"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("tinyfusion_bench")
 
 
 def _rows(offset: float) -> list[dict]:
