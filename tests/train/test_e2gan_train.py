@@ -78,6 +78,20 @@ def test_adapt_lora_searched_ranks_subset_and_base_unchanged(base_dir, tmp_path)
     assert ev["gain_over_identity_db"] == pytest.approx(ev["psnr_db"] - ev["identity_psnr_db"], abs=2e-3)
 
 
+def test_adapt_gives_one_adapter_per_seed_whatever_ran_before(base_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = AdaptConfig(concept="sepia", pairs=8, image_size=32, budget=600, max_rank=4,
+                      loop=LoopConfig(steps=2, batch_size=4, lr=1e-3, checkpoint_every=0))
+    weights = []
+    for i, draws in enumerate((0, 1000)):
+        torch.rand(draws)  # another run consumed the global generator before this one
+        adapt(load_base(base_dir), cfg, tmp_path / f"run{i}")
+        weights.append(load_file(str(tmp_path / f"run{i}" / "adapter" / "adapter.safetensors")))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 @pytest.mark.parametrize("method", ["full", "scratch"])
 def test_adapt_full_and_scratch_store_a_generator(base_dir, tmp_path, method):
     cfg = AdaptConfig(concept="sepia", method=method, pairs=4, image_size=32,

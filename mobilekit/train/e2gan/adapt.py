@@ -212,6 +212,9 @@ def adapt(base: BaseModel | Path, config: AdaptConfig, out_dir: Path, *,
         base = load_base(Path(base))
     out = ensure_writable_dir(Path(out_dir), what="adapt run directory")
     seed = config.loop.seed
+    # LoRA's initial weights (and the rank search's probes) draw on torch's global generator: seed it
+    # so one seed gives one adapter whatever ran before in this process (paired-by-seed comparisons)
+    torch.manual_seed(seed)
     base_sha = sha256_of_state(base.generator.state_dict())
     pairs = concept_pairs_for(config, data, seed)
     prompt = config.prompt or pairs.prompt
