@@ -301,3 +301,35 @@ def calibration_parity(model: torch.nn.Module, calibration: Sequence[Sequence[to
         return compare_many(references, run_artifact_many(Path(path), feeds), tolerance=floor, runtime=runtime)
 
     return measure
+
+
+def choose_int8_static(full: Any, make_mixed: Any, measure: Any, notes: list[str], *, whole: str, runtime: str,
+                       compute_ops: Sequence[str], kept_mixed: str, kept_full: str) -> Any:
+    """The int8-static fallback both TFLite and ONNX use: ``full``, or the compute-ops-only model.
+
+    ``measure(candidate)`` checks a candidate on the calibration batches (``calibration_parity``);
+    ``full`` is kept when it holds the int8-static floor, or when the runtime cannot even run it
+    (the export's own parity check reports that). Otherwise ``make_mixed()`` builds the model with
+    only ``compute_ops`` in int8, and the one that passes, else the closer one, is returned. The
+    choice and both cosines go into ``notes``; ``whole`` names the full model in them.
+    """
+    from mobilekit.errors import RuntimeCrashError
+
+    try:
+        first = measure(full)
+    except RuntimeCrashError:
+        return full
+    if first.status == "pass":
+        notes.append(f"{whole} (calibration batches: cosine {first.cosine:.4f})")
+        return full
+    lost = f"{whole} lost the int8-static floor on the calibration batches (cosine {first.cosine:.4f})"
+    mixed = make_mixed()
+    try:
+        second = measure(mixed)
+    except RuntimeCrashError:
+        notes.append(f"{lost}; the int8-matmul/conv fallback did not run in {runtime}, so it was not kept")
+        return full
+    keep_mixed = second.status == "pass" or second.cosine > first.cosine
+    notes.append(f"{lost}; with only {', '.join(compute_ops)} in int8 and the rest float: cosine "
+                 f"{second.cosine:.4f}; kept the " + (kept_mixed if keep_mixed else kept_full))
+    return mixed if keep_mixed else full

@@ -291,30 +291,18 @@ def _static_with_fallback(full: Path, requantize: Any, model: torch.nn.Module,
     floor, else the closer one. ``requantize(path, op_types)`` writes the compute-ops model. The
     choice and both measurements go into the artifact's notes.
     """
-    from mobilekit.converters._torch_common import calibration_parity
-    from mobilekit.errors import RuntimeCrashError
+    from mobilekit.converters._torch_common import calibration_parity, choose_int8_static
 
-    measure = calibration_parity(model, batches, runtime="onnxruntime")
-    try:
-        first = measure(full)
-    except RuntimeCrashError:  # the export's own parity check reports a model ORT cannot run
-        return full
-    if first.status == "pass":
-        notes.append(f"int8 on every op type ONNX Runtime quantizes (calibration batches: cosine {first.cosine:.4f})")
-        return full
-    lost = (f"int8 on every op type ONNX Runtime quantizes lost the int8-static floor on the calibration "
-            f"batches (cosine {first.cosine:.4f})")
     mixed = full.with_name("compute-int8.onnx")
-    requantize(mixed, _COMPUTE_OPS)
-    try:
-        second = measure(mixed)
-    except RuntimeCrashError:
-        notes.append(f"{lost}; the int8-matmul/conv fallback did not run in ONNX Runtime, so it was not kept")
-        return full
-    keep_mixed = second.status == "pass" or second.cosine > first.cosine
-    notes.append(f"{lost}; with only {', '.join(_COMPUTE_OPS)} in int8 and the rest float: cosine "
-                 f"{second.cosine:.4f}; kept the " + ("compute-ops model" if keep_mixed else "all-op-types model"))
-    return mixed if keep_mixed else full
+
+    def make_mixed() -> Path:
+        requantize(mixed, _COMPUTE_OPS)
+        return mixed
+
+    return choose_int8_static(full, make_mixed, calibration_parity(model, batches, runtime="onnxruntime"), notes,
+                              whole="int8 on every op type ONNX Runtime quantizes", runtime="ONNX Runtime",
+                              compute_ops=_COMPUTE_OPS, kept_mixed="compute-ops model",
+                              kept_full="all-op-types model")
 
 
 def _ceil_mode_counted_pools(proto: Any) -> list[str]:

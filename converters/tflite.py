@@ -37,7 +37,7 @@ from mobilekit.converters.base import (ConvertResult, StageTimer, Support, ensur
                              supports_from_table)
 from mobilekit._deps import require
 from mobilekit._io import native_output_captured, write_bytes_atomic
-from mobilekit.errors import ConfigError, ExportError, RuntimeCrashError, UnsupportedOpError
+from mobilekit.errors import ConfigError, ExportError, UnsupportedOpError
 from mobilekit.recipe import Recipe
 
 logger = logging.getLogger(__name__)
@@ -246,40 +246,26 @@ def _static_with_fallback(float_fb: bytes, full: bytes, model: torch.nn.Module, 
     child process, against PyTorch; the one kept is the first that holds the default int8-static
     floor, else the closer one. The choice and both measurements go into the artifact's notes.
     """
-    from mobilekit.converters._torch_common import calibration_parity
+    from mobilekit.converters._torch_common import calibration_parity, choose_int8_static
 
     measure = calibration_parity(model, calibration, runtime="ai-edge-litert")
 
-    def measured(fb: bytes, name: str) -> Any:
-        path = Path(workdir) / name
+    def measured(fb: bytes) -> Any:  # the runtime reads files: each candidate is written, measured, removed
+        path = Path(workdir) / ".int8-candidate.tflite"
         write_bytes_atomic(path, fb)
         try:
             return measure(path)
         finally:
             path.unlink(missing_ok=True)
 
-    try:
-        first = measured(full, ".full-int8.tflite")
-    except RuntimeCrashError:
-        # A model the runtime cannot even prepare is the caller's to report (export's parity check
-        # and the parity map, which splits tapped outputs LiteRT rejects, both handle it).
-        return full
-    if first.status == "pass":
-        notes.append(f"full-integer int8 (calibration batches: cosine {first.cosine:.4f})")
-        return full
-    lost = f"full-integer int8 lost the int8-static floor on the calibration batches (cosine {first.cosine:.4f})"
-    mixed = _quantize(float_fb, "int8-static", calibration, only=_COMPUTE_OPS)
-    try:
-        second = measured(mixed, ".compute-int8.tflite")
-    except RuntimeCrashError:
-        notes.append(f"{lost}; the int8-matmul/conv fallback did not run in LiteRT, so it was not kept")
-        return full
-    keep_mixed = second.status == "pass" or second.cosine > first.cosine
-    notes.append(f"{lost}; with only {', '.join(sorted(_COMPUTE_OPS))} in int8 "
-                 f"and the rest float: cosine {second.cosine:.4f}; kept the "
-                 + ("mixed model (an NPU that needs full-integer models will not take it)" if keep_mixed
-                    else "full-integer model"))
-    return mixed if keep_mixed else full
+    # A model LiteRT cannot even prepare is the caller's to report (export's parity check and the
+    # parity map, which splits tapped outputs LiteRT rejects, both handle it).
+    return choose_int8_static(
+        full, lambda: _quantize(float_fb, "int8-static", calibration, only=_COMPUTE_OPS),
+        measured, notes,
+        whole="full-integer int8", runtime="LiteRT", compute_ops=sorted(_COMPUTE_OPS),
+        kept_mixed="mixed model (an NPU that needs full-integer models will not take it)",
+        kept_full="full-integer model")
 
 
 def _quantize(flatbuffer: bytes, precision: str, calibration: list[list[torch.Tensor]], *,

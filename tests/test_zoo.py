@@ -127,26 +127,26 @@ def test_clip_text_tflite_int8_static_falls_back_to_compute_ops_and_holds_parity
     matmul/conv ops integer when it loses the floor, and says so; parity is then held on the
     held-out inputs in the real runtime.
     """
-    b = build_zoo_model("clip-text")
-    m = mobilekit.export(b.model, b.example_inputs, targets=["pixel-8"], formats=["tflite"], precision="int8-static",
-                         calibration=b.calibration, out_dir=tmp_path / "out", use_cache=False,
-                         model_name="clip-text", input_names=b.input_names)
-    (a,) = m.artifacts
-    assert a.parity.status == "pass" and a.parity.held_out, a.parity.reason
+    a = _int8_static_passing("clip-text", "tflite", tmp_path)
     (note,) = [n for n in a.notes if n.startswith("full-integer int8 lost")]
     assert "kept the mixed model" in note
     full_cos = float(note.split("cosine ")[1].split(")")[0])
     assert full_cos < a.parity.tolerance["cosine"] <= a.parity.cosine
 
 
-def _efficientnet_onnx_int8_static(tmp_path):
-    b = build_zoo_model("efficientnet")
-    m = mobilekit.export(b.model, b.example_inputs, targets=["pixel-8"], formats=["onnx"], precision="int8-static",
+def _int8_static_passing(name, fmt, tmp_path):
+    """The zoo model's int8-static export (calibrated, uncached), asserted to hold parity on held-out inputs."""
+    b = build_zoo_model(name)
+    m = mobilekit.export(b.model, b.example_inputs, targets=["pixel-8"], formats=[fmt], precision="int8-static",
                          calibration=b.calibration, out_dir=tmp_path / "out", use_cache=False,
-                         model_name="efficientnet", input_names=b.input_names)
+                         model_name=name, input_names=b.input_names)
     (a,) = m.artifacts
     assert a.parity.status == "pass" and a.parity.held_out, a.parity.reason
     return a
+
+
+def _efficientnet_onnx_int8_static(tmp_path):
+    return _int8_static_passing("efficientnet", "onnx", tmp_path)
 
 
 @pytest.mark.slow
