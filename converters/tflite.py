@@ -80,6 +80,9 @@ class TFLiteConverter:
 
     format: ClassVar[str] = "tflite"
     precisions: ClassVar[dict[str | None, tuple[str, ...]]] = PRECISIONS
+    # ai-edge-quantizer picks a recipe per op by its output tensors' names, which litert-torch
+    # writes with the module path: any module can be left in float (``float_modules``).
+    float_module_precisions: ClassVar[frozenset[str]] = frozenset({"int8-weight", "int8-dynamic", "int8-static"})
 
     def supports(self, recipe: Recipe) -> Support:
         """Whether ``recipe`` can be built, with the reason and the alternatives when not.
@@ -106,7 +109,8 @@ class TFLiteConverter:
                        ("onnx-fp32 (external weights)", "executorch-xnnpack-fp32", "coreml-fp16"))
 
     def convert(self, model: torch.nn.Module, example_inputs: tuple[Any, ...], recipe: Recipe, workdir: Path, *,
-                calibration: Sequence[tuple[Any, ...]] | None = None) -> ConvertResult:
+                calibration: Sequence[tuple[Any, ...]] | None = None,
+                float_modules: Sequence[str] = ()) -> ConvertResult:
         """Convert ``model`` to ``workdir/model.tflite``.
 
         Args:
@@ -115,6 +119,8 @@ class TFLiteConverter:
             recipe: a ``tflite-*`` recipe.
             workdir: an empty directory to write into.
             calibration: input tuples for int8-static activation ranges (None: the example inputs).
+            float_modules: module paths (``model.named_modules()`` names) whose ops stay float in an
+                int8 recipe; export chooses them when the whole model would miss the parity floor.
 
         Returns:
             A ConvertResult naming ``model.tflite``, its input/output names and input dtypes.
@@ -141,6 +147,8 @@ class TFLiteConverter:
             original = prepared_model(model)
             wrapped = Int32Inputs(original, long_pos).eval() if long_pos else original
             names = input_names_of(original, len(inputs))
+            # resolved before lowering: a module name that is not in the model is refused before work
+            scopes = {m: module_scope_regex(wrapped, m) for m in float_modules}
         with timer("lower"):
             try:
                 flatbuffer = _lower(litert_torch, wrapped, tuple(inputs))
@@ -161,9 +169,10 @@ class TFLiteConverter:
             with timer("quantize"):
                 batches = (calibration or [tuple(example_inputs)]) if recipe.precision == "int8-static" else []
                 cal = [_as_int32(b, f"calibration[{k}]") for k, b in enumerate(batches)]
-                quantized = _quantize(flatbuffer, recipe.precision, cal)
+                floats = _float_scopes(flatbuffer, scopes, notes) if scopes else []
+                quantized = _quantize(flatbuffer, recipe.precision, cal, float_scopes=floats)
                 if recipe.precision == "int8-static":
-                    quantized = _static_with_fallback(flatbuffer, quantized, wrapped, cal, workdir, notes)
+                    quantized = _static_with_fallback(flatbuffer, quantized, wrapped, cal, workdir, notes, floats)
                 flatbuffer = quantized
         with timer("validate"):
             in_names, out_names, in_dtypes = _io_details(flatbuffer, inputs)
@@ -239,7 +248,7 @@ _COMPUTE_OPS = frozenset({"FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "CO
 
 
 def _static_with_fallback(float_fb: bytes, full: bytes, model: torch.nn.Module, calibration: list[list[torch.Tensor]],
-                          workdir: Path, notes: list[str]) -> bytes:
+                          workdir: Path, notes: list[str], float_scopes: Sequence[str] = ()) -> bytes:
     """Full-integer int8-static, or compute-ops-only int8 when the full one loses the parity floor.
 
     Both are checked on the calibration batches (the held-out parity inputs stay unseen) in a
@@ -261,18 +270,58 @@ def _static_with_fallback(float_fb: bytes, full: bytes, model: torch.nn.Module, 
     # A model LiteRT cannot even prepare is the caller's to report (export's parity check and the
     # parity map, which splits tapped outputs LiteRT rejects, both handle it).
     return choose_int8_static(
-        full, lambda: _quantize(float_fb, "int8-static", calibration, only=_COMPUTE_OPS),
+        full, lambda: _quantize(float_fb, "int8-static", calibration, only=_COMPUTE_OPS, float_scopes=float_scopes),
         measured, notes,
         whole="full-integer int8", runtime="LiteRT", compute_ops=sorted(_COMPUTE_OPS),
         kept_mixed="mixed model (an NPU that needs full-integer models will not take it)",
         kept_full="full-integer model")
 
 
+def module_scope_regex(model: torch.nn.Module, path: str) -> str:
+    """A regex matching the tensor names litert-torch gives the ops of ``model``'s module ``path``.
+
+    litert-torch names a tensor by the stack of modules whose forward was running, one
+    ``<module>.<class>_<last path part>`` per level joined by ``/``, and joins fused ops' names with
+    ``;`` (``...MobileViTConvLayer_conv_stem/torch.nn.modules.conv.Conv2d_convolution;2``).
+    Containers that are never called (ModuleList, ModuleDict) have no level of their own, and
+    wrappers above the user's model (output flattening, int32 inputs) may come first.
+
+    Raises:
+        ConfigError: ``path`` names no module of ``model``.
+    """
+    modules = dict(model.named_modules())
+    full = next((n for n in modules if n == path or n.endswith("." + path)), None) if path else None
+    if full is None:
+        raise ConfigError(f"float_modules: the model has no module {path!r}", where="float_modules",
+                          fix="name modules as model.named_modules() does")
+    parts = full.split(".")
+    levels = []
+    for k in range(len(parts)):
+        mod = modules[".".join(parts[:k + 1])]
+        if isinstance(mod, (torch.nn.ModuleList, torch.nn.ModuleDict)):
+            continue
+        cls = type(mod)
+        levels.append(re.escape(f"{cls.__module__}.{cls.__qualname__}_{parts[k]}"))
+    return r"(?:^|[/;])" + "/".join(levels) + r"(?:;|$)"
+
+
+def _float_scopes(flatbuffer: bytes, scopes: dict[str, str], notes: list[str]) -> list[str]:
+    """The scope regexes of the modules kept float; a note for each that no op of the graph matches."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfu
+
+    graph = tfu.read_model(bytearray(flatbuffer))
+    names = [tfu.get_op_scope(op, sg.tensors) for sg in graph.subgraphs for op in sg.operators]
+    notes.extend(f"float_modules: no op of the graph belongs to {m}; it is quantized like the rest"
+                 for m, rx in scopes.items() if not any(re.search(rx, n) for n in names))
+    return list(scopes.values())
+
+
 def _quantize(flatbuffer: bytes, precision: str, calibration: list[list[torch.Tensor]], *,
-              only: frozenset[str] | None = None) -> bytes:
+              only: frozenset[str] | None = None, float_scopes: Sequence[str] = ()) -> bytes:
     """Apply the ai-edge-quantizer recipe for ``precision`` to a float flatbuffer.
 
     ``only``: for int8-static, the op types that are quantized; every other op type stays float.
+    ``float_scopes``: ``module_scope_regex`` of modules whose ops stay float (entered last: later rules win).
     """
     require("ai_edge_quantizer", extra="tflite", purpose="to quantize TFLite models")
     from ai_edge_quantizer import qtyping, quantizer, recipe
@@ -295,6 +344,9 @@ def _quantize(flatbuffer: bytes, precision: str, calibration: list[list[torch.Te
             q.update_quantization_recipe(regex=".*", operation_name=ops[name], algorithm_key=AlgorithmName.NO_QUANTIZE)
     else:  # supports() keeps other precisions out
         raise ConfigError(f"no TFLite quantization recipe for {precision}", where="precision")
+    for scope in float_scopes:
+        q.update_quantization_recipe(regex=scope, operation_name=ops.ALL_SUPPORTED,
+                                     algorithm_key=AlgorithmName.NO_QUANTIZE)
     try:
         with _quiet(), warnings.catch_warnings():
             result = None

@@ -318,11 +318,15 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
         else:
             to_build.append(i)
 
-    simulated = _preflight_int8(float_model, plans, to_build, feeds, references, cal, tolerances) if verify else {}
+    simulated, floats = (_preflight_int8(float_model, plans, to_build, feeds, references, cal, tolerances)
+                         if verify else ({}, {}))
 
     # the reference loop runs the model N times: only worth it when an artifact is built, not served
     sample_ref = (reference_trajectory(model, example, sampling)
                   if sampling is not None and verify and to_build else None)
+
+    def options_for(i: int) -> dict[str, Any]:  # only the converters that can keep modules float get them
+        return {**options, "float_modules": floats[i]} if i in floats else options
 
     def finish(i: int, record: dict[str, Any], workdir: Path) -> None:
         parity = Parity(**record["parity"])
@@ -345,7 +349,7 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
             for i in to_build:
                 wd = cache.new_workdir()
                 jobs[pool.submit(_build_one, model, example, plans[i].recipe, wd, cal, feeds, references, verify,
-                                 tolerances, options, sampling, sample_ref, image)] = (i, wd)
+                                 tolerances, options_for(i), sampling, sample_ref, image)] = (i, wd)
             for fut in cf.as_completed(jobs):
                 i, wd = jobs[fut]
                 try:
@@ -361,7 +365,7 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], *, ta
             wd = cache.new_workdir()
             try:
                 finish(i, _build_one(model, example, plans[i].recipe, wd, cal, feeds, references, verify,
-                                     tolerances, options, sampling, sample_ref, image), wd)
+                                     tolerances, options_for(i), sampling, sample_ref, image), wd)
             except BaseException:
                 shutil.rmtree(wd, ignore_errors=True)
                 raise
@@ -470,35 +474,58 @@ def _parity_feeds(model: torch.nn.Module, example: tuple[torch.Tensor, ...], ref
 def _preflight_int8(model: torch.nn.Module, plans: Sequence[Any], to_build: Sequence[int],
                     feeds: Sequence[tuple[torch.Tensor, ...]], references: Sequence[list[np.ndarray]],
                     calibration: list[tuple[torch.Tensor, ...]] | None,
-                    tolerances: Mapping[str, Mapping[str, float]] | None) -> dict[int, str]:
+                    tolerances: Mapping[str, Mapping[str, float]] | None
+                    ) -> tuple[dict[int, str], dict[int, tuple[str, ...]]]:
     """Refuse, before any conversion, an int8 recipe the model loses its floor on in PyTorch itself.
 
-    Returns a note per simulated recipe (recorded with its artifact): for Core ML, which cannot run
-    off macOS, the simulation is the only numeric check the artifact gets here.
+    When the whole model misses the floor and the recipe's converter can leave named modules in
+    float, the fewest most-sensitive modules that make the simulation hold it (within
+    ``quant_sim.MAX_FLOAT_FRACTION`` of the weights) are kept float instead of refusing.
+
+    Returns:
+        A note per simulated recipe (recorded with its artifact: for Core ML, which cannot run off
+        macOS, the simulation is the only numeric check the artifact gets here), and the module
+        paths to keep float per recipe that needs them.
     """
-    from mobilekit.quant_sim import simulate
+    from mobilekit.converters import get_converter
+    from mobilekit.quant_sim import MAX_FLOAT_FRACTION, float_fallback, simulate
 
     notes: dict[int, str] = {}
+    floats: dict[int, tuple[str, ...]] = {}
     done: dict[tuple[str, str], Any] = {}
     for i in to_build:
         recipe = plans[i].recipe
         if not recipe.precision.startswith("int8"):
             continue
         key = (recipe.format, recipe.precision)
+        tol = tolerance_for(recipe.precision, tolerances)
         if key not in done:
-            done[key] = simulate(model, feeds, references, fmt=recipe.format, precision=recipe.precision,
-                                 tolerance=tolerance_for(recipe.precision, tolerances), calibration=calibration)
-        sim = done[key]
+            sim = simulate(model, feeds, references, fmt=recipe.format, precision=recipe.precision,
+                           tolerance=tol, calibration=calibration)
+            fallback = None
+            can_keep = recipe.precision in getattr(get_converter(recipe.format), "float_module_precisions", ())
+            if sim is not None and not sim.passed and can_keep:
+                fallback = float_fallback(model, feeds, references, fmt=recipe.format, precision=recipe.precision,
+                                          tolerance=tol, calibration=calibration)
+            done[key] = (sim, fallback, can_keep)
+        sim, fallback, can_keep = done[key]
         if sim is None:
             continue
+        if fallback is not None:
+            floats[i] = fallback.modules
+            notes[i] = (f"PyTorch int8 simulation ({sim.scheme}) of the whole model misses the floor on "
+                        f"{sim.parity.reason}; instead, {fallback.describe()}")
+            continue
         if not sim.passed:
-            raise ConfigError(sim.explain(), where=f"{'/'.join(plans[i].targets)}/{recipe.name}",
+            tried = (f". Keeping the most sensitive modules in float, within {100 * MAX_FLOAT_FRACTION:.0f}% of "
+                     "the weights, does not hold it either" if can_keep else "")
+            raise ConfigError(sim.explain() + tried, where=f"{'/'.join(plans[i].targets)}/{recipe.name}",
                               fix="choose a higher precision (fp16/fp32) for this model, calibrate on "
                                   "representative data (int8-static), loosen the tolerance (--tolerance), "
                                   "or pass --no-verify to build it unchecked")
         notes[i] = (f"PyTorch int8 simulation ({sim.scheme}): cosine {sim.parity.cosine:.6f}, "
                     f"PSNR {sim.parity.psnr_db:.1f} dB")
-    return notes
+    return notes, floats
 
 
 def _check_fits(model: torch.nn.Module, plans: Sequence[Any]) -> None:
@@ -514,7 +541,10 @@ def _check_fits(model: torch.nn.Module, plans: Sequence[Any]) -> None:
 
 
 def _converter_fingerprint(fmt: str) -> str:
-    """Hash of the converter's source files, so a changed converter never serves stale exports."""
+    """Hash of the converter's source files, so a changed converter never serves stale exports.
+
+    ``quant_sim.py`` counts too: it picks the modules an int8 recipe keeps in float.
+    """
     import hashlib
 
     from mobilekit.converters import REGISTRY
@@ -522,7 +552,7 @@ def _converter_fingerprint(fmt: str) -> str:
     module = importlib.import_module(REGISTRY[fmt].split(":")[0])
     h = hashlib.sha256()
     for path in sorted({Path(module.__file__ or ""), *Path(module.__file__ or "").parent.glob("_*.py"),
-                        Path(__file__).parent / "parity.py"}):
+                        Path(__file__).parent / "parity.py", Path(__file__).parent / "quant_sim.py"}):
         if path.is_file():
             h.update(path.read_bytes())
     return h.hexdigest()[:16]

@@ -21,6 +21,11 @@ Which module types each (format, precision) touches follows what the converters 
 Runtime's and XNNPACK's dynamic quantization leave convolutions in float (see
 ``mobilekit.estimation.precision``), LiteRT's dynamic-range quantization does not.
 
+When the whole model misses the floor and the format's converter can leave named modules in
+float (``float_module_precisions``), ``float_fallback`` finds the fewest most-sensitive modules
+that make the simulation hold it with headroom, within a small share of the weights, and export
+builds the recipe with those in float instead of refusing it.
+
 Weights are rounded one module at a time inside forward hooks and put back after, so no copy of
 the model is made (a DiT-XL/2 copy is 3 GB).
 """
@@ -28,7 +33,7 @@ the model is made (a DiT-XL/2 copy is 3 GB).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -216,7 +221,7 @@ def _calibrate(mods: Sequence[tuple[str, torch.nn.Module]], model: torch.nn.Modu
 def simulate(model: torch.nn.Module, feeds: Sequence[tuple[torch.Tensor, ...]],
              references: Sequence[Sequence[np.ndarray]], *, fmt: str, precision: str,
              tolerance: Mapping[str, float], calibration: Sequence[tuple[torch.Tensor, ...]] | None = None,
-             worst: int = 3) -> QuantSimulation | None:
+             worst: int = 3, keep_float: Collection[str] = ()) -> QuantSimulation | None:
     """Run ``feeds`` through ``model`` with ``fmt``'s int8 at ``precision`` and compare with ``references``.
 
     Args:
@@ -228,6 +233,7 @@ def simulate(model: torch.nn.Module, feeds: Sequence[tuple[torch.Tensor, ...]],
         tolerance: the recipe's parity floors.
         calibration: batches for ``int8-static`` ranges (default: the feeds, which only flatters it).
         worst: how many modules to name.
+        keep_float: module paths left in float (what ``float_fallback`` chose).
 
     Returns:
         The simulation, or None when the precision quantizes nothing (fp32, fp16) or the model
@@ -236,7 +242,7 @@ def simulate(model: torch.nn.Module, feeds: Sequence[tuple[torch.Tensor, ...]],
     scheme = scheme_for(fmt, precision)
     if scheme is None:
         return None
-    mods = _targets(model, scheme)
+    mods = [(n, m) for n, m in _targets(model, scheme) if n not in keep_float]
     if not mods:
         return None
     acts = {n for n, m in mods if scheme.act_types and isinstance(m, scheme.act_types)}
@@ -282,3 +288,94 @@ def simulate(model: torch.nn.Module, feeds: Sequence[tuple[torch.Tensor, ...]],
     return QuantSimulation(precision=precision, scheme=scheme.describe(), parity=parity, modules=len(mods),
                            worst=tuple(ModuleLoss(module=n, op=type(ops[n]).__name__, sqnr_db=round(min(v), 2))
                                        for n, v in ranked))
+
+
+# Float modules a fallback may keep, as a share of the weights the recipe would quantize: beyond
+# this the artifact is no longer the int8 model the user asked for (size, NPU placement).
+MAX_FLOAT_FRACTION = 0.05
+# Ranking costs one forward pass per module; past this many, a fallback is not attempted.
+MAX_RANKED_MODULES = 256
+# The simulation is the gentlest int8 any backend applies, so a fallback that only just holds the
+# floor there misses it in the runtime (MobileViT's LiteRT int8-dynamic: simulated 0.988, LiteRT
+# 0.972 on a 0.98 floor). A fallback must leave at most this share of the allowed error.
+FALLBACK_HEADROOM = 0.5
+
+
+def _with_headroom(tolerance: Mapping[str, float], headroom: float) -> dict[str, float]:
+    """``tolerance`` tightened so the error allowed is ``headroom`` times the original."""
+    tight = dict(tolerance)
+    if "cosine" in tight:
+        tight["cosine"] = 1.0 - headroom * (1.0 - tight["cosine"])
+    if "psnr_db" in tight:
+        tight["psnr_db"] = tight["psnr_db"] + 10.0 * math.log10(1.0 / headroom)
+    return tight
+
+
+@dataclass(frozen=True, kw_only=True)
+class FloatFallback:
+    """The modules kept in float so that the rest of the model holds the precision's floor.
+
+    Attributes:
+        modules: module paths left in float, most sensitive first.
+        weight_fraction: their weights' share of the weights the recipe would quantize.
+        simulation: the simulation with those modules in float (it passes).
+    """
+
+    modules: tuple[str, ...]
+    weight_fraction: float
+    simulation: QuantSimulation
+
+    def describe(self) -> str:
+        """One line for the artifact's notes."""
+        return (f"{len(self.modules)} module(s) kept in float, the most sensitive to {self.simulation.precision} "
+                f"({100 * self.weight_fraction:.2f}% of the weights it would quantize): {', '.join(self.modules)}; "
+                f"PyTorch simulation with them float: cosine {self.simulation.parity.cosine:.6f}, "
+                f"PSNR {self.simulation.parity.psnr_db:.1f} dB")
+
+
+def float_fallback(model: torch.nn.Module, feeds: Sequence[tuple[torch.Tensor, ...]],
+                   references: Sequence[Sequence[np.ndarray]], *, fmt: str, precision: str,
+                   tolerance: Mapping[str, float], calibration: Sequence[tuple[torch.Tensor, ...]] | None = None,
+                   max_fraction: float = MAX_FLOAT_FRACTION, headroom: float = FALLBACK_HEADROOM
+                   ) -> FloatFallback | None:
+    """The fewest most-sensitive modules to keep in float so the simulated int8 holds the floor.
+
+    Each module is ranked by the output cosine on the first parity input with *only* that module
+    quantized: the output's own sensitivity, not the module's local SQNR, because in an amplifying
+    network a module that rounds well by itself (a stem convolution with three input channels) can
+    still be the one whose error grows the most downstream. Modules are then kept float in that
+    order until the simulation over every parity input holds the floor with ``headroom`` (the
+    simulation is a best case, so just holding it is not enough).
+
+    Returns:
+        The fallback, or None when no set within ``max_fraction`` of the quantized weights holds
+        the floor, or the model has more than ``MAX_RANKED_MODULES`` modules to rank.
+    """
+    scheme = scheme_for(fmt, precision)
+    if scheme is None:
+        return None
+    mods = _targets(model, scheme)
+    if not mods or len(mods) > MAX_RANKED_MODULES:
+        return None
+    names = [n for n, _ in mods]
+    sizes = {n: m.weight.numel() for n, m in mods}
+    total = sum(sizes.values())
+
+    def alone(name: str) -> float:
+        sim = simulate(model, feeds[:1], references[:1], fmt=fmt, precision=precision, tolerance=tolerance,
+                       calibration=calibration, worst=0, keep_float=set(names) - {name})
+        return math.inf if sim is None else sim.parity.cosine
+
+    order = sorted(names, key=alone)
+    tight = _with_headroom(tolerance, headroom)
+    kept: list[str] = []
+    for name in order:
+        if sum(sizes[n] for n in kept) + sizes[name] > max_fraction * total:
+            continue  # too large to keep float; a smaller, less sensitive one may still do
+        kept.append(name)
+        sim = simulate(model, feeds, references, fmt=fmt, precision=precision, tolerance=tight,
+                       calibration=calibration, keep_float=set(kept))
+        if sim is not None and sim.passed:
+            return FloatFallback(modules=tuple(kept), weight_fraction=sum(sizes[n] for n in kept) / total,
+                                 simulation=sim)
+    return None

@@ -203,3 +203,40 @@ def test_calibration_ranges_merge_as_min_max_over_batches() -> None:
     assert merged["x"]["min"].tolist() == [-3.0] and merged["x"]["max"].tolist() == [1.0]
     assert merged["only_a"]["max"].tolist() == [2.0]
     assert a["x"]["min"].tolist() == [-1.0]  # the inputs are not modified
+
+
+class _ConvStack(torch.nn.Module):
+    """Eleven convolutions in a ModuleList: ``blocks.1`` must not select ``blocks.10`` (a prefix of
+    its name), and the ModuleList, never called, has no level in litert-torch's tensor names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(torch.nn.Conv2d(8, 8, 3, padding=1) for _ in range(11))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in self.blocks:
+            x = torch.relu(conv(x))
+        return x
+
+
+@pytest.mark.slow
+def test_float_modules_stay_float_and_only_they(tmp_path: Path) -> None:
+    from mobilekit.estimation.precision import read_tflite_precisions
+
+    torch.manual_seed(0)
+    model, x = _ConvStack().eval(), torch.randn(1, 8, 16, 16)
+    for precision in ("int8-weight", "int8-dynamic"):
+        work = tmp_path / precision
+        work.mkdir()
+        res = TFLiteConverter().convert(model, (x,), Recipe.parse(f"tflite-{precision}"), work,
+                                        float_modules=["blocks.1", "blocks.7"])
+        counts = read_tflite_precisions(work / res.filename)["conv"]
+        assert counts == {"fp32": 2, precision: 9}, counts
+        assert not [n for n in res.notes if "float_modules" in n]  # both were found in the graph
+
+
+def test_float_modules_naming_no_module_is_refused(tmp_path: Path) -> None:
+    model, x = _ConvStack().eval(), torch.randn(1, 8, 16, 16)
+    with pytest.raises(ConfigError, match=r"no module 'blocks\.99'"):
+        TFLiteConverter().convert(model, (x,), Recipe.parse("tflite-int8-weight"), tmp_path,
+                                  float_modules=["blocks.99"])
