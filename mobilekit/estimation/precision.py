@@ -422,7 +422,8 @@ def read_coreml_precisions(path: str | Path, float_prec: str = "fp32") -> dict[s
     the op's output type: float16 = ``fp16``, float32 = ``float_prec`` (the unit's: the Neural
     Engine runs an fp32 program in fp16). Every other op that computes (not ``const``, ``cast``,
     ``quantize``/``dequantize`` or a constexpr) counts under ``other`` the same way, by its inputs
-    and output type; integer and bool ops (shapes, indices) are not counted. A matmul of two
+    and output type (an op passing int8 values on between a ``quantize`` and its ``dequantize`` is
+    ``int8-static``); other integer and bool ops (shapes, indices) are not counted. A matmul of two
     activations (attention) is one of the ``other`` ops, as the estimator's graph has it.
 
     Returns:
@@ -458,16 +459,24 @@ def read_coreml_precisions(path: str | Path, float_prec: str = "fp32") -> dict[s
             return "int" if "int" in found else "float"
         return None
 
-    def float_of(op: Any) -> str | None:
-        out = dtype(op.outputs[0].type.tensorType.dataType) if op.outputs else ""
-        return {"FLOAT16": "fp16", "FLOAT32": float_prec}.get(out)
+    def out_type(op: Any) -> str:
+        return dtype(op.outputs[0].type.tensorType.dataType) if op.outputs else ""
+
+    # int8 activations: what ``quantize`` writes, and what ops moving those int8 values write
+    # (linear_quantize_activations reshapes between a quantize and its dequantize)
+    int8_vals = {o.name for op in ops if op.type == "quantize" for o in op.outputs}
 
     def int8_acts(op: Any) -> bool:
-        return any(getattr(producer.get(a.name), "type", None) == "dequantize"
-                   for v in op.inputs.values() for a in v.arguments)
+        names = [a.name for v in op.inputs.values() for a in v.arguments]
+        if any(getattr(producer.get(n), "type", None) == "dequantize" for n in names):
+            return True
+        if out_type(op) in ("INT8", "UINT8") and any(n in int8_vals for n in names):
+            int8_vals.update(o.name for o in op.outputs)
+            return True
+        return False
 
     out: dict[str, Counter[str]] = {"conv": Counter(), "matmul": Counter(), "other": Counter()}
-    for op in ops:
+    for op in ops:  # program order: an int8 value is marked before the ops that read it
         if op.type in _MIL_NOT_COMPUTE or op.type.startswith("constexpr_"):
             continue
         kind, wname = _MIL_WEIGHTED.get(op.type, ("other", None))
@@ -478,7 +487,7 @@ def read_coreml_precisions(path: str | Path, float_prec: str = "fp32") -> dict[s
         elif w == "int":
             prec = "int8-weight"
         else:
-            prec = float_of(op)
+            prec = {"FLOAT16": "fp16", "FLOAT32": float_prec}.get(out_type(op))
         if prec is not None:
             out[kind][prec] += 1
     return out if any(out.values()) else None

@@ -175,3 +175,38 @@ def test_coreml_package_is_read_for_its_int8_weights_and_compute_precision(tmp_p
     empty = estimate(model, x, precision="int8-weight", artifact=tmp_path / "empty.mlpackage", **kw)
     assert empty.roofline["precision_from"] == "recipe table" and "artifact_precisions" not in empty.roofline
     assert any("empty.mlpackage shows none" in n for n in empty.notes)
+
+
+@pytest.mark.backend_coreml
+@pytest.mark.xdist_group("coreml")
+def test_coreml_activation_quantization_is_read_as_int8_static(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ct = pytest.importorskip("coremltools")
+    ptq = pytest.importorskip("coremltools.optimize.coreml._post_training_quantization")
+    from mobilekit.converters.coreml import _quantize, program_ops
+
+    if not hasattr(ptq, "_get_activation_calibration_stats"):
+        pytest.skip("coremltools no longer calibrates through _get_activation_calibration_stats")
+    model, x = _conv_linear()
+    _, fp16 = _export(model, x, "coreml", "fp16", tmp_path / "fp16", target="iphone-15-pro")
+    ops = program_ops(fp16)
+    assert ops is not None
+    # the converter's int8-static path (linear_quantize_activations, then int8 weights) with coremltools'
+    # own graph passes; only the calibration, which runs the model in the Core ML runtime (macOS), is
+    # replaced by one range for every tensor: the quantize/dequantize pairs it places do not depend on it
+    monkeypatch.setattr(ptq, "_get_activation_calibration_stats", lambda *a, **k: {
+        o.name: {"rmin": -8.0, "rmax": 8.0} for op in ops if op.type != "const" for o in op.outputs})
+    mlmodel = ct.models.MLModel(str(fp16), skip_model_load=True)
+    names = [i.name for i in mlmodel.get_spec().description.input]
+    path = tmp_path / "static.mlpackage"
+    _quantize(ct, mlmodel, "int8-static", names, [x]).save(str(path))
+    counts = _counts(path)
+    assert counts is not None
+    # both compute ops read dequantized int8 activations; the reshape between them moves int8 values;
+    # the relu after the conv runs on its fp16 output, before the next quantize
+    assert counts["conv"] == {"int8-static": 1} and counts["matmul"] == {"int8-static": 1}, counts
+    assert counts["other"] == {"fp16": 1, "int8-static": 1}, counts
+    e = estimate(model, x, target="iphone-15-pro", format="coreml", precision="int8-static", compute_unit="npu",
+                 artifact=path)
+    assert e.roofline["precision_from"] == "coreml graph"
+    by_op = {r["op"]: r["precision"] for r in e.per_layer}
+    assert by_op["conv2d"] == "int8-static" and by_op["linear"] == "int8-static"
