@@ -170,6 +170,18 @@ def test_coreml_package_is_read_for_its_int8_weights_and_compute_precision(tmp_p
     assert rows["int8"]["linear"]["bytes"] < rows["fp16"]["linear"]["bytes"]
     assert rows["int8"]["conv2d"]["bytes"] == rows["fp16"]["conv2d"]["bytes"]
     assert int8.ms < fp16.ms
+    # calibrating on a phone's report of the package prices that report as built too (the package is a folder)
+    from mobilekit.estimation.device_calibration import calibrate
+    from mobilekit.profiling.report import LatencyReport
+
+    report = LatencyReport(artifact=str(paths["int8-weight"]), format="coreml", runtime="coreml", source="device",
+                           device={"name": "iPhone 15 Pro"}, target="iphone-15-pro", model="convlinear",
+                           precision="int8-weight", p50_ms=1.0)
+    (row,) = calibrate([report], models={"convlinear": (model, x)}, store=tmp_path / "store", dry_run=True).rows
+    assert row.before_ms == pytest.approx(estimate(model, x, precision="int8-weight", artifact=paths["int8-weight"],
+                                                   calibration=False, **kw).ms, rel=1e-9)
+    assert row.before_ms != pytest.approx(estimate(model, x, precision="int8-weight", calibration=False, **kw).ms,
+                                          rel=1e-9)
     # a package the reader finds no ML Program in is priced by the table, and the estimate says so
     (tmp_path / "empty.mlpackage").mkdir()
     empty = estimate(model, x, precision="int8-weight", artifact=tmp_path / "empty.mlpackage", **kw)
