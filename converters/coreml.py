@@ -322,6 +322,70 @@ _DTYPE_BYTES = {"FLOAT32": 4, "FLOAT16": 2, "BFLOAT16": 2, "FLOAT64": 8, "INT8":
 _SHORT = {"FLOAT32": "fp32", "FLOAT16": "fp16", "INT8": "int8", "UINT8": "uint8", "INT4": "int4", "UINT4": "uint4"}
 
 
+_FIX = "re-export the model; the package is incomplete or was not written by coremltools"
+# constexpr ops that rebuild a float weight from integer data when the program loads: int8 (iOS16/17's
+# affine dequantize, iOS18's blockwise shift-scale) or palettized (a look-up table over n-bit indices)
+WEIGHT_DEQUANT_OPS = frozenset({"constexpr_affine_dequantize", "constexpr_blockwise_shift_scale",
+                                "constexpr_lut_to_dense"})
+
+
+def _read_spec(path: Path) -> tuple[Any, Path]:
+    """The ``Model`` protobuf of an ``.mlpackage`` and the file it came from (Manifest.json names it).
+
+    Raises:
+        ExportError: no Manifest.json, an unreadable one, or a missing or unparsable model spec.
+    """
+    manifest_file = path / "Manifest.json"
+    if not path.is_dir() or not manifest_file.is_file():
+        raise ExportError("not an .mlpackage folder (no Manifest.json)", where=str(path), fix=_FIX)
+    try:
+        manifest = json.loads(manifest_file.read_text())
+        root = manifest["itemInfoEntries"][manifest["rootModelIdentifier"]]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ExportError(f"Manifest.json is unreadable: {exc}", where=str(manifest_file), fix=_FIX) from exc
+    model_file = path / "Data" / root["path"]
+    if not model_file.is_file():
+        raise ExportError(f"the model spec {root['path']} named by Manifest.json is missing", where=str(path), fix=_FIX)
+    require("coremltools", extra="coreml", purpose="to read Core ML packages")
+    from coremltools.proto import Model_pb2
+
+    spec = Model_pb2.Model()
+    try:
+        spec.ParseFromString(model_file.read_bytes())
+    except Exception as exc:
+        raise ExportError(f"model.mlmodel is not a Core ML protobuf: {exc}", where=str(model_file), fix=_FIX) from exc
+    return spec, model_file
+
+
+def block_ops(block: Any) -> Iterator[Any]:
+    """Every operation of a MIL block in program order, those of nested blocks (cond, while) included."""
+    for op in block.operations:
+        yield op
+        for nested in op.blocks:
+            yield from block_ops(nested)
+
+
+def program_ops(path: Path) -> list[Any] | None:
+    """The MIL operations of an ``.mlpackage``'s default function, at the opset it was built for.
+
+    Returns:
+        The operations (``MIL_pb2.Operation``) in program order; None when ``path`` holds no
+        readable ML Program (an empty or foreign folder, a neural-network model).
+    """
+    try:
+        spec, _ = _read_spec(Path(path))
+    except ExportError:
+        return None
+    if spec.WhichOneof("Type") != "mlProgram":
+        return None
+    fns = spec.mlProgram.functions
+    fn = fns.get(spec.description.defaultFunctionName or "main") or next(iter(fns.values()), None)
+    if fn is None:
+        return None
+    block = fn.block_specializations.get(fn.opset) or next(iter(fn.block_specializations.values()), None)
+    return list(block_ops(block)) if block is not None else None
+
+
 def validate_mlpackage(path: Path, *, inputs: Sequence[Any] | None = None,
                        outputs: Sequence[Any] | None = None) -> dict[str, Any]:
     """Check an ``.mlpackage`` structurally, without the Core ML runtime (works on Linux).
@@ -351,30 +415,12 @@ def validate_mlpackage(path: Path, *, inputs: Sequence[Any] | None = None,
         ['fp16']
     """
     path = Path(path)
-    fix = "re-export the model; the package is incomplete or was not written by coremltools"
-    manifest_file = path / "Manifest.json"
-    if not path.is_dir() or not manifest_file.is_file():
-        raise ExportError("not an .mlpackage folder (no Manifest.json)", where=str(path), fix=fix)
-    try:
-        manifest = json.loads(manifest_file.read_text())
-        root = manifest["itemInfoEntries"][manifest["rootModelIdentifier"]]
-    except (OSError, ValueError, KeyError) as exc:
-        raise ExportError(f"Manifest.json is unreadable: {exc}", where=str(manifest_file), fix=fix) from exc
-    data = path / "Data"
-    model_file = data / root["path"]
-    if not model_file.is_file():
-        raise ExportError(f"the model spec {root['path']} named by Manifest.json is missing", where=str(path), fix=fix)
-    weight_files = [p for p in (data / Path(root["path"]).parent / "weights").glob("*.bin")]
+    spec, model_file = _read_spec(path)
+    weight_files = [p for p in (model_file.parent / "weights").glob("*.bin")]
     if not weight_files:
-        raise ExportError("the package has no weights file (weights/*.bin)", where=str(path), fix=fix)
-    require("coremltools", extra="coreml", purpose="to read Core ML packages")
+        raise ExportError("the package has no weights file (weights/*.bin)", where=str(path), fix=_FIX)
     from coremltools.proto import MIL_pb2, Model_pb2
 
-    spec = Model_pb2.Model()
-    try:
-        spec.ParseFromString(model_file.read_bytes())
-    except Exception as exc:
-        raise ExportError(f"model.mlmodel is not a Core ML protobuf: {exc}", where=str(model_file), fix=fix) from exc
     kind = spec.WhichOneof("Type")
     if kind != "mlProgram":
         raise ExportError(f"the model is a {kind}, not an mlProgram", where=str(model_file),
@@ -401,28 +447,23 @@ def validate_mlpackage(path: Path, *, inputs: Sequence[Any] | None = None,
     op_types: Counter[str] = Counter()
     weight_bytes: Counter[str] = Counter()
 
-    def walk(block: Any) -> None:
-        for op in block.operations:
-            op_types[op.type] += 1
-            inline = [a.value for arg in op.inputs.values() for a in arg.arguments
-                      if a.WhichOneof("binding") == "value"]
-            for value in [*op.attributes.values(), *inline]:  # iOS18 constexpr ops take weights as inline inputs
-                if value.WhichOneof("value") != "blobFileValue":
-                    continue
-                tt = value.type.tensorType
-                name = dtype_name(tt.dataType)
-                n = int(np.prod([d.constant.size for d in tt.dimensions])) if tt.dimensions else 1
-                weight_bytes[_SHORT.get(name, name.lower())] += int(n * _DTYPE_BYTES.get(name, 4))
-            for nested in op.blocks:
-                walk(nested)
-
     functions = list(spec.mlProgram.functions.keys())
     for fn in spec.mlProgram.functions.values():
         for block in fn.block_specializations.values():
-            walk(block)
+            for op in block_ops(block):
+                op_types[op.type] += 1
+                inline = [a.value for arg in op.inputs.values() for a in arg.arguments
+                          if a.WhichOneof("binding") == "value"]
+                for value in [*op.attributes.values(), *inline]:  # iOS18 constexpr ops take weights as inline inputs
+                    if value.WhichOneof("value") != "blobFileValue":
+                        continue
+                    tt = value.type.tensorType
+                    name = dtype_name(tt.dataType)
+                    n = int(np.prod([d.constant.size for d in tt.dimensions])) if tt.dimensions else 1
+                    weight_bytes[_SHORT.get(name, name.lower())] += int(n * _DTYPE_BYTES.get(name, 4))
     op_count = sum(op_types.values())
     if op_count == 0:
-        raise ExportError("the ML Program has no operations", where=str(model_file), fix=fix)
+        raise ExportError("the ML Program has no operations", where=str(model_file), fix=_FIX)
     return {
         "status": "structurally-valid",
         "parity": "not-run: needs macOS" if sys.platform != "darwin" else "run with CoreMLRunner",
@@ -435,8 +476,7 @@ def validate_mlpackage(path: Path, *, inputs: Sequence[Any] | None = None,
         "op_types": dict(sorted(op_types.items())),
         "weight_bytes": dict(sorted(weight_bytes.items())),
         "weight_dtypes": sorted(weight_bytes),
-        "quantized": any(t.startswith("constexpr_") and "dequantize" in t or t == "constexpr_blockwise_shift_scale"
-                         for t in op_types),
+        "quantized": any(t in WEIGHT_DEQUANT_OPS and t != "constexpr_lut_to_dense" for t in op_types),
         "weights_file_bytes": sum(p.stat().st_size for p in weight_files),
     }
 

@@ -63,7 +63,8 @@ class LatencyEstimate:
         roofline: peak_gops, bandwidth_gbps, intensity (FLOP/byte), achieved_gops, ridge (FLOP/byte),
             efficiencies, per-op precision counts, where each spec number came from, and
             ``precision_from``: ``recipe table``, or what the artifact's per-op precisions were read
-            from (``onnx graph``, ``tflite graph``, ``export manifest``; counts in ``artifact_precisions``).
+            from (``onnx graph``, ``tflite graph``, ``coreml graph``, ``export manifest``; counts in
+            ``artifact_precisions``).
         source: always ``estimate`` (a LatencyReport's ``host``/``device`` counterpart).
         band_reason: why the band is wider than its group's own or its coverage unmeasured
             (too few or no calibration latencies); None when it comes from enough data.
@@ -184,7 +185,7 @@ def estimate(model: Any, example_inputs: Sequence[Any], *, target: Any, format: 
         cost: an already computed ``graph.analyze`` result (skips the export).
         delegate: the recipe's delegate (``xnnpack``, ``coreml``, ...), to pick the compute unit.
         artifact: path of the exported file, read for its per-op precision: an ``.onnx`` or
-            ``.tflite`` graph, or the export manifest's record of a ``.pte``.
+            ``.tflite`` graph, an ``.mlpackage``'s ML Program, or the export manifest's record of a ``.pte``.
         calibration: ``True``: use the target's calibration from your own reports when
             ``mobilekit calibrate`` stored one (default store); a directory: the store to read;
             ``False``: the shipped fit only; a ``DeviceCalibration``: that one.
@@ -303,7 +304,8 @@ def _from_cost(cost: GraphCost, t: Any, tname: str, model_name: str, fmt: str | 
     notes: list[str] = []
     if artifact is not None and p.art_counts is None:
         notes.append(f"per-op precision from the recipe table: {Path(artifact).name} shows none "
-                     "(only .onnx, .tflite and a .pte listed in its export's manifest.json do)")
+                     "(only .onnx, .tflite, an .mlpackage's ML Program and a .pte listed in its export's "
+                     "manifest.json do)")
     if fam is not None and device_cal is not None:  # the user's own reports refitted this family on this device
         params, band = fam.params, _user_band(fam, band)
         notes.append(_calibration_note(tname, fam, device_cal))

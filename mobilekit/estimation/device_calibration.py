@@ -314,7 +314,7 @@ def _job(inp: _Input, device: str | None, models: Mapping[str, Any] | str | None
     spec = _spec_for(model, inp, artifact, models)
     return _Job(inp=inp, device=_device_of(inp, device), model=str(model or artifact.stem), spec=spec, format=fmt,
                 precision=prec, delegate=art.delegate if art is not None else None,
-                artifact=artifact if artifact.is_file() else None)
+                artifact=artifact if artifact.exists() else None)  # an .mlpackage is a folder
 
 
 def _one_device(devices: set[str]) -> str:

@@ -35,8 +35,13 @@ When the exported artifact is at hand, what it really quantized overrides the ta
 * ``.pte``: a delegate's payload is opaque, so the ExecuTorch converter counts weighted conv and
   linear ops by their dequantize patterns before lowering, the export stores them as the
   artifact's ``op_precisions`` in ``manifest.json``, and ``read_pte_precisions`` reads them there.
+* ``.mlpackage``: ``read_coreml_precisions`` reads the ML Program's spec (no Core ML runtime):
+  a weight rebuilt by a constexpr dequantize op = weight-only, activations from a ``dequantize`` =
+  static, else the op's output type (fp16 or fp32 compute). What the package shows can differ from
+  the table: ``linear_quantize_weights`` leaves weights under ``MIN_QUANTIZED_WEIGHT_ELEMENTS``
+  (a small first conv) in fp16.
 
-Anything else (a Core ML package, a ``.pte`` without its manifest) is priced by the table.
+Anything else (a ``.pte`` without its manifest) is priced by the table.
 
 ``plan`` turns the per-op precisions into per-op bytes and peaks; both the fit
 (``fit.py``) and ``estimate()`` price ops through it.
@@ -395,6 +400,99 @@ def read_pte_precisions(path: str | Path, float_prec: str = "fp32") -> dict[str,
             for kind, c in art.op_precisions.items()}
 
 
+# --- what an exported Core ML ML Program computes in ----------------------------------------------
+
+# weighted MIL op -> (kind, name of its weight input)
+_MIL_WEIGHTED = {"conv": ("conv", "weight"), "conv_transpose": ("conv", "weight"),
+                 "linear": ("matmul", "weight"), "matmul": ("matmul", "y")}
+# ops that hold or convert values rather than compute: weights, precision casts (Core ML's fp16
+# compute precision inserts them at the inputs and outputs), the edges of int8 activation regions
+_MIL_NOT_COMPUTE = frozenset({"const", "cast", "quantize", "dequantize"})
+
+
+def read_coreml_precisions(path: str | Path, float_prec: str = "fp32") -> dict[str, Counter[str]] | None:
+    """Count the ops of an ``.mlpackage``'s ML Program by the precision they run at.
+
+    Only the protobuf spec is read (coremltools parses it on any OS; nothing is compiled or run).
+    A ``conv``/``conv_transpose``/``linear``/``matmul`` is weighted when its weight is a ``const``
+    or comes from a constexpr op; its precision: activations from a ``dequantize`` (int8 activation
+    quantization) = ``int8-static``; a weight rebuilt by ``constexpr_affine_dequantize``,
+    ``constexpr_blockwise_shift_scale`` or ``constexpr_lut_to_dense`` (``linear_quantize_weights``;
+    palettized weights too, which the estimator has no narrower width for) = ``int8-weight``; else
+    the op's output type: float16 = ``fp16``, float32 = ``float_prec`` (the unit's: the Neural
+    Engine runs an fp32 program in fp16). Every other op that computes (not ``const``, ``cast``,
+    ``quantize``/``dequantize`` or a constexpr) counts under ``other`` the same way, by its inputs
+    and output type (an op passing int8 values on between a ``quantize`` and its ``dequantize`` is
+    ``int8-static``); other integer and bool ops (shapes, indices) are not counted. A matmul of two
+    activations (attention) is one of the ``other`` ops, as the estimator's graph has it.
+
+    Returns:
+        ``{"conv": Counter({"fp16": 1}), "matmul": Counter({"int8-weight": 1}), "other": Counter(...)}``;
+        None when the folder holds no ML Program or no op of it is counted.
+    """
+    from mobilekit.converters.coreml import WEIGHT_DEQUANT_OPS, program_ops
+
+    ops = program_ops(Path(path))
+    if not ops:
+        return None
+    from coremltools.proto import MIL_pb2  # program_ops has required coremltools
+
+    producer = {o.name: op for op in ops for o in op.outputs}
+    dtype = MIL_pb2.DataType.Name
+
+    def args(op: Any, name: str) -> list[Any]:
+        return list(op.inputs[name].arguments) if name in op.inputs else []
+
+    def weight(arg: Any) -> str | None:
+        """``"int"`` for a weight stored as integers, ``"float"`` for a float constant, None if not constant."""
+        if arg.WhichOneof("binding") == "value":
+            return "float"
+        src = producer.get(arg.name)
+        if src is None:
+            return None  # a function input
+        if src.type in WEIGHT_DEQUANT_OPS:
+            return "int"
+        if src.type == "const":
+            return "float"
+        if src.type.startswith("constexpr_"):  # iOS18 chains them (sparse over palettized): look through
+            found = [weight(a) for v in src.inputs.values() for a in v.arguments]
+            return "int" if "int" in found else "float"
+        return None
+
+    def out_type(op: Any) -> str:
+        return dtype(op.outputs[0].type.tensorType.dataType) if op.outputs else ""
+
+    # int8 activations: what ``quantize`` writes, and what ops moving those int8 values write
+    # (linear_quantize_activations reshapes between a quantize and its dequantize)
+    int8_vals = {o.name for op in ops if op.type == "quantize" for o in op.outputs}
+
+    def int8_acts(op: Any) -> bool:
+        names = [a.name for v in op.inputs.values() for a in v.arguments]
+        if any(getattr(producer.get(n), "type", None) == "dequantize" for n in names):
+            return True
+        if out_type(op) in ("INT8", "UINT8") and any(n in int8_vals for n in names):
+            int8_vals.update(o.name for o in op.outputs)
+            return True
+        return False
+
+    out: dict[str, Counter[str]] = {"conv": Counter(), "matmul": Counter(), "other": Counter()}
+    for op in ops:  # program order: an int8 value is marked before the ops that read it
+        if op.type in _MIL_NOT_COMPUTE or op.type.startswith("constexpr_"):
+            continue
+        kind, wname = _MIL_WEIGHTED.get(op.type, ("other", None))
+        w = weight(args(op, wname)[0]) if wname and args(op, wname) else None
+        kind = kind if w is not None else "other"
+        if int8_acts(op):
+            prec: str | None = "int8-static"
+        elif w == "int":
+            prec = "int8-weight"
+        else:
+            prec = {"FLOAT16": "fp16", "FLOAT32": float_prec}.get(out_type(op))
+        if prec is not None:
+            out[kind][prec] += 1
+    return out if any(out.values()) else None
+
+
 def overrides_from_counts(counts: Mapping[str, Counter[str]]) -> dict[str, str]:
     """Majority precision per kind (``conv``/``matmul``/``other``) of the ops the artifact has."""
     return {k: c.most_common(1)[0][0] for k, c in counts.items() if c}
@@ -402,26 +500,30 @@ def overrides_from_counts(counts: Mapping[str, Counter[str]]) -> dict[str, str]:
 
 # artifact suffix -> (what reads its per-op precision, where that reader looks)
 _READERS = {".onnx": (read_onnx_precisions, "onnx graph"), ".tflite": (read_tflite_precisions, "tflite graph"),
-            ".pte": (read_pte_precisions, "export manifest")}
+            ".pte": (read_pte_precisions, "export manifest"), ".mlpackage": (read_coreml_precisions, "coreml graph")}
+# artifacts that are folders, not files
+_PACKAGES = frozenset({".mlpackage"})
 
 
 def artifact_overrides(artifact: str | Path | None, fmt: str | None, float_prec: str = "fp32",
                        ) -> tuple[dict[str, str], dict[str, dict[str, int]] | None, str]:
     """Overrides, raw counts and their source, read from an exported artifact.
 
-    ``.onnx`` and ``.tflite`` graphs are read; a ``.pte`` by what its export recorded in the manifest
-    beside it. Other files (a Core ML package), or a ``.pte`` without that record, give no overrides
-    and None counts: the estimate then prices the recipe table.
+    ``.onnx`` and ``.tflite`` graphs and ``.mlpackage`` ML Programs are read; a ``.pte`` by what its
+    export recorded in the manifest beside it. Other files, a ``.pte`` without that record, or a
+    package with no ML Program give no overrides and None counts: the estimate then prices the
+    recipe table.
 
     Returns:
-        ``(overrides, counts, source)``: source is ``"onnx graph"``, ``"tflite graph"`` or
-        ``"export manifest"`` when read, else ``"recipe table"``.
+        ``(overrides, counts, source)``: source is ``"onnx graph"``, ``"tflite graph"``,
+        ``"coreml graph"`` or ``"export manifest"`` when read, else ``"recipe table"``.
     """
     if artifact is None:
         return {}, None, "recipe table"
     p = Path(artifact)
     reader, source = _READERS.get(p.suffix, (None, "recipe table"))
-    counts = reader(p, float_prec) if reader is not None and p.is_file() else None
+    there = p.is_dir() if p.suffix in _PACKAGES else p.is_file()
+    counts = reader(p, float_prec) if reader is not None and there else None
     if counts is None:
         return {}, None, "recipe table"
     return overrides_from_counts(counts), {k: dict(v) for k, v in counts.items()}, source

@@ -1,5 +1,6 @@
 """The estimator prices the artifact actually built: per-op precision read from real .tflite files and
-from what an ExecuTorch export recorded, checked against what the converters really produced."""
+.mlpackage ML Programs and from what an ExecuTorch export recorded, checked against what the converters
+really produced."""
 
 from __future__ import annotations
 
@@ -35,12 +36,13 @@ class _MaskedSoftmax(torch.nn.Module):
         return self.fc2(torch.softmax(self.fc1(x) + self.mask, -1))
 
 
-def _export(model: torch.nn.Module, x: tuple[torch.Tensor, ...], fmt: str, precision: str, out: Path) -> Any:
+def _export(model: torch.nn.Module, x: tuple[torch.Tensor, ...], fmt: str, precision: str, out: Path,
+            target: str = "pixel-8") -> Any:
     from mobilekit import export
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        manifest = export(model, x, targets=["pixel-8"], out_dir=out, precision=precision, formats=[fmt],
+        manifest = export(model, x, targets=[target], out_dir=out, precision=precision, formats=[fmt],
                           verify=False, use_cache=False)
     (art,) = manifest.artifacts
     return art, out / art.path
@@ -134,3 +136,89 @@ def test_executorch_export_records_per_op_precision_for_the_estimator(tmp_path: 
     alone.mkdir()
     shutil.copy(path, alone / path.name)
     assert artifact_overrides(alone / path.name, "executorch")[2] == "recipe table"
+
+
+@pytest.mark.backend_coreml
+@pytest.mark.xdist_group("coreml")
+def test_coreml_package_is_read_for_its_int8_weights_and_compute_precision(tmp_path: Path) -> None:
+    pytest.importorskip("coremltools")
+    from mobilekit.converters.coreml import MIN_QUANTIZED_WEIGHT_ELEMENTS
+
+    model, x = _conv_linear()
+    assert model.conv.weight.numel() < MIN_QUANTIZED_WEIGHT_ELEMENTS <= model.fc.weight.numel()
+    paths = {p: _export(model, x, "coreml", p, tmp_path / p, target="iphone-15-pro")[1]
+             for p in ("fp32", "fp16", "int8-weight")}
+    counts = {p: _counts(path) for p, path in paths.items()}
+    # fp32 compute keeps every float op fp32; fp16 compute precision runs them in fp16 (the casts at the
+    # inputs and outputs are not counted); linear_quantize_weights stores the linear's weight in int8
+    # behind a constexpr_affine_dequantize but leaves the conv's 216 weights (below its threshold) fp16
+    assert counts["fp32"] == {"conv": {"fp32": 1}, "matmul": {"fp32": 1}, "other": {"fp32": 2}}, counts
+    assert counts["fp16"] == {"conv": {"fp16": 1}, "matmul": {"fp16": 1}, "other": {"fp16": 2}}, counts
+    assert counts["int8-weight"] == {"conv": {"fp16": 1}, "matmul": {"int8-weight": 1}, "other": {"fp16": 2}}, counts
+    kw: dict[str, Any] = {"target": "iphone-15-pro", "format": "coreml", "compute_unit": "npu"}
+    fp16 = estimate(model, x, precision="fp16", artifact=paths["fp16"], **kw)
+    int8 = estimate(model, x, precision="int8-weight", artifact=paths["int8-weight"], **kw)
+    table = estimate(model, x, precision="int8-weight", **kw)
+    assert fp16.roofline["precision_from"] == int8.roofline["precision_from"] == "coreml graph"
+    assert table.roofline["precision_from"] == "recipe table"
+    rows = {name: {r["op"]: r for r in e.per_layer} for name, e in (("fp16", fp16), ("int8", int8), ("table", table))}
+    assert rows["int8"]["linear"]["precision"] == "int8-weight" and rows["fp16"]["linear"]["precision"] == "fp16"
+    # the conv is priced as built: the table's int8-weight promise is not in the package
+    assert rows["table"]["conv2d"]["precision"] == "int8-weight" and rows["int8"]["conv2d"]["precision"] == "fp16"
+    # the linear reads 8192x16 weights and a few hundred activations: one byte a weight instead of two
+    # outweighs its wider activations, so the int8-weight package moves fewer bytes there
+    assert rows["int8"]["linear"]["bytes"] < rows["fp16"]["linear"]["bytes"]
+    assert rows["int8"]["conv2d"]["bytes"] == rows["fp16"]["conv2d"]["bytes"]
+    assert int8.ms < fp16.ms
+    # calibrating on a phone's report of the package prices that report as built too (the package is a folder)
+    from mobilekit.estimation.device_calibration import calibrate
+    from mobilekit.profiling.report import LatencyReport
+
+    report = LatencyReport(artifact=str(paths["int8-weight"]), format="coreml", runtime="coreml", source="device",
+                           device={"name": "iPhone 15 Pro"}, target="iphone-15-pro", model="convlinear",
+                           precision="int8-weight", p50_ms=1.0)
+    (row,) = calibrate([report], models={"convlinear": (model, x)}, store=tmp_path / "store", dry_run=True).rows
+    assert row.before_ms == pytest.approx(estimate(model, x, precision="int8-weight", artifact=paths["int8-weight"],
+                                                   calibration=False, **kw).ms, rel=1e-9)
+    assert row.before_ms != pytest.approx(estimate(model, x, precision="int8-weight", calibration=False, **kw).ms,
+                                          rel=1e-9)
+    # a package the reader finds no ML Program in is priced by the table, and the estimate says so
+    (tmp_path / "empty.mlpackage").mkdir()
+    empty = estimate(model, x, precision="int8-weight", artifact=tmp_path / "empty.mlpackage", **kw)
+    assert empty.roofline["precision_from"] == "recipe table" and "artifact_precisions" not in empty.roofline
+    assert any("empty.mlpackage shows none" in n for n in empty.notes)
+
+
+@pytest.mark.backend_coreml
+@pytest.mark.xdist_group("coreml")
+def test_coreml_activation_quantization_is_read_as_int8_static(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ct = pytest.importorskip("coremltools")
+    ptq = pytest.importorskip("coremltools.optimize.coreml._post_training_quantization")
+    from mobilekit.converters.coreml import _quantize, program_ops
+
+    if not hasattr(ptq, "_get_activation_calibration_stats"):
+        pytest.skip("coremltools no longer calibrates through _get_activation_calibration_stats")
+    model, x = _conv_linear()
+    _, fp16 = _export(model, x, "coreml", "fp16", tmp_path / "fp16", target="iphone-15-pro")
+    ops = program_ops(fp16)
+    assert ops is not None
+    # the converter's int8-static path (linear_quantize_activations, then int8 weights) with coremltools'
+    # own graph passes; only the calibration, which runs the model in the Core ML runtime (macOS), is
+    # replaced by one range for every tensor: the quantize/dequantize pairs it places do not depend on it
+    monkeypatch.setattr(ptq, "_get_activation_calibration_stats", lambda *a, **k: {
+        o.name: {"rmin": -8.0, "rmax": 8.0} for op in ops if op.type != "const" for o in op.outputs})
+    mlmodel = ct.models.MLModel(str(fp16), skip_model_load=True)
+    names = [i.name for i in mlmodel.get_spec().description.input]
+    path = tmp_path / "static.mlpackage"
+    _quantize(ct, mlmodel, "int8-static", names, [x]).save(str(path))
+    counts = _counts(path)
+    assert counts is not None
+    # both compute ops read dequantized int8 activations; the reshape between them moves int8 values;
+    # the relu after the conv runs on its fp16 output, before the next quantize
+    assert counts["conv"] == {"int8-static": 1} and counts["matmul"] == {"int8-static": 1}, counts
+    assert counts["other"] == {"fp16": 1, "int8-static": 1}, counts
+    e = estimate(model, x, target="iphone-15-pro", format="coreml", precision="int8-static", compute_unit="npu",
+                 artifact=path)
+    assert e.roofline["precision_from"] == "coreml graph"
+    by_op = {r["op"]: r["precision"] for r in e.per_layer}
+    assert by_op["conv2d"] == "int8-static" and by_op["linear"] == "int8-static"
