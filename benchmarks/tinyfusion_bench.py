@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -58,8 +59,12 @@ DIT = {"num_attention_heads": 4, "attention_head_dim": 16, "in_channels": 4, "ou
        "sample_size": 8, "patch_size": 2, "num_embeds_ada_norm": 10, "norm_type": "ada_norm_zero"}
 
 
-def pretrain(data: DataSource, steps: int, batch: int, seed: int) -> tuple[torch.nn.Module, float]:
-    """Train the 12-layer DiT from scratch; returns (EMA model, seconds per plain training step)."""
+def pretrain(data: DataSource, steps: int, batch: int, seed: int, *, every: int = 0,
+             checkpoint: Any = None) -> tuple[torch.nn.Module, float]:
+    """Train the 12-layer DiT from scratch; returns (EMA model, seconds per plain training step).
+
+    ``checkpoint(step, ema)``, when given, is called every ``every`` steps (its time is not counted).
+    """
     from diffusers import DiTTransformer2DModel
 
     torch.manual_seed(seed)
@@ -82,6 +87,10 @@ def pretrain(data: DataSource, steps: int, batch: int, seed: int) -> tuple[torch
                 pe.mul_(d).add_(pm, alpha=1 - d)
         if (step + 1) % 250 == 0:
             log.info("pretrain step %d loss %.4f", step + 1, float(loss.detach()))
+        if checkpoint is not None and every and (step + 1) % every == 0:
+            paused = time.perf_counter()
+            checkpoint(step + 1, ema.eval())
+            t0 += time.perf_counter() - paused
     return ema.eval(), (time.perf_counter() - t0) / steps
 
 
