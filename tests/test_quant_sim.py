@@ -83,3 +83,29 @@ def test_schemes_follow_the_converters():
     feeds = [(torch.randn(2, 4),)]
     assert simulate(tiny, feeds, _refs(tiny, feeds), fmt="onnx", precision="int8-weight",
                     tolerance={"cosine": 0.99, "psnr_db": 25.0}) is None
+
+
+def _outlier_then_wide() -> torch.nn.Module:
+    """``_outlier_mlp`` followed by a wide Linear: the outlier layer is 1.5% of the weights."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(_outlier_mlp(), torch.nn.ReLU(), torch.nn.Linear(64, 512), torch.nn.ReLU(),
+                               torch.nn.Linear(512, 512)).eval()
+
+
+def test_float_fallback_keeps_the_one_sensitive_module_float_within_the_weight_budget():
+    from mobilekit.quant_sim import float_fallback
+
+    model = _outlier_then_wide()
+    feeds = [(torch.randn(8, 64),) for _ in range(3)]
+    refs, tol = _refs(model, feeds), {"cosine": 0.99, "psnr_db": 25.0}
+    whole = simulate(model, feeds, refs, fmt="tflite", precision="int8-weight", tolerance=tol)
+    assert whole is not None and not whole.passed
+    fb = float_fallback(model, feeds, refs, fmt="tflite", precision="int8-weight", tolerance=tol)
+    assert fb is not None and fb.modules == ("0.2",)  # the outlier Linear, nothing else
+    assert fb.weight_fraction == pytest.approx(64 * 64 / (2 * 64 * 64 + 64 * 512 + 512 * 512))
+    # held with headroom: half the error the floor allows
+    assert 1 - fb.simulation.parity.cosine <= 0.5 * (1 - tol["cosine"]) + 1e-12
+    assert "0.2" in fb.describe() and "kept in float" in fb.describe()
+    # a budget smaller than that layer leaves nothing to keep: no fallback, the recipe stays refused
+    assert float_fallback(model, feeds, refs, fmt="tflite", precision="int8-weight", tolerance=tol,
+                          max_fraction=0.01) is None
