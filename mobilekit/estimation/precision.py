@@ -43,6 +43,14 @@ When the exported artifact is at hand, what it really quantized overrides the ta
 
 Anything else (a ``.pte`` without its manifest) is priced by the table.
 
+Mixed artifacts are priced layer by layer, not by a vote of op counts: converters leave small
+weights float (Core ML and ONNX int8-weight below ``MIN_QUANTIZED_WEIGHT_ELEMENTS``, TFLite's
+``float_modules``), and those many small layers outnumber the few large int8 ones that hold the
+bytes and MACs. Each reader sizes every op it finds (``BuiltOp``: weight elements of a conv or
+matmul, output elements of another op); ``match_by_size`` gives each of the estimator's conv and
+matmul layers the precision of the artifact's layer of its size, and the other ops take the
+precision of most output elements. A ``.pte``'s manifest records counts only: its majority applies.
+
 ``plan`` turns the per-op precisions into per-op bytes and peaks; both the fit
 (``fit.py``) and ``estimate()`` price ops through it.
 """
