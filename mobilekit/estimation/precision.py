@@ -649,9 +649,10 @@ def overrides_from_ops(built: Sequence[BuiltOp]) -> dict[str, str | tuple[tuple[
     return out
 
 
-# artifact suffix -> (what reads its per-op precision, where that reader looks)
-# and the kinds its counts list (empty when the artifact has none)
-_READERS = {".onnx": (_onnx_ops, "onnx graph", _WEIGHTED_KINDS), ".tflite": (_tflite_ops, "tflite graph", _COMPUTE_KINDS),
+# artifact suffix -> (what reads its per-op precision, where that reader looks, the kinds its counts
+# list even when the artifact has none of them)
+_READERS = {".onnx": (_onnx_ops, "onnx graph", _WEIGHTED_KINDS),
+            ".tflite": (_tflite_ops, "tflite graph", _COMPUTE_KINDS),
             ".pte": (_pte_ops, "export manifest", _WEIGHTED_KINDS),
             ".mlpackage": (_coreml_ops, "coreml graph", _COMPUTE_KINDS)}
 # artifacts that are folders, not files
