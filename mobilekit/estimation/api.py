@@ -34,8 +34,9 @@ logger = logging.getLogger(__name__)
 
 UNITS = ("cpu", "gpu", "npu")
 # bumped when estimates of the same model and recipe change (cached estimates are keyed by it):
-# 2 = per-op precision, per-group leave-one-model-out bands
-ESTIMATOR_REVISION = 2
+# 2 = per-op precision, per-group leave-one-model-out bands; 3 = a mixed artifact priced layer by layer
+# (its layers matched by weight size), not by the op-count majority of each kind
+ESTIMATOR_REVISION = 3
 # delegate named in a recipe -> compute unit it runs on
 # export format -> runtime format of the calibration set (whose factor applies)
 _FORMAT_OF = {"executorch": "executorch", "coreml": "coreml", "tflite": "tflite", "onnx": "onnx", "qnn": "qnn"}

@@ -43,6 +43,14 @@ When the exported artifact is at hand, what it really quantized overrides the ta
 
 Anything else (a ``.pte`` without its manifest) is priced by the table.
 
+Mixed artifacts are priced layer by layer, not by a vote of op counts: converters leave small
+weights float (Core ML and ONNX int8-weight below ``MIN_QUANTIZED_WEIGHT_ELEMENTS``, TFLite's
+``float_modules``), and those many small layers outnumber the few large int8 ones that hold the
+bytes and MACs. Each reader sizes every op it finds (``BuiltOp``: weight elements of a conv or
+matmul, output elements of another op); ``match_by_size`` gives each of the estimator's conv and
+matmul layers the precision of the artifact's layer of its size, and the other ops take the
+precision of most output elements. A ``.pte``'s manifest records counts only: its majority applies.
+
 ``plan`` turns the per-op precisions into per-op bytes and peaks; both the fit
 (``fit.py``) and ``estimate()`` price ops through it.
 """
@@ -50,10 +58,10 @@ Anything else (a ``.pte`` without its manifest) is priced by the table.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -68,6 +76,27 @@ _XNN_STATIC = frozenset({"conv", "dwconv", "elementwise", "pool", "copy"})
 _ORT_STATIC = frozenset({"conv", "dwconv", "matmul", "attention", "elementwise", "pool", "copy"})
 # formats whose int8-static models are full-integer (every delegated op in int8)
 _FULL_INT = frozenset({"tflite", "qnn", "coreml"})
+# what the artifact readers count: weighted ops by kind, and every other op
+_WEIGHTED_KINDS = ("conv", "matmul")
+_COMPUTE_KINDS = (*_WEIGHTED_KINDS, "other")
+
+
+class BuiltOp(NamedTuple):
+    """One op an artifact reader found: its kind (``conv``, ``matmul``, ``other``), the precision
+    it runs at, and its size: the weight's elements for a conv or matmul, the output's for
+    another op (0 when the artifact does not say)."""
+
+    kind: str
+    precision: str
+    size: float
+
+
+def tally(built: Sequence[BuiltOp], kinds: Sequence[str] = ()) -> dict[str, Counter[str]]:
+    """Ops per kind and precision (``kinds`` listed even when empty): what the readers return."""
+    out: dict[str, Counter[str]] = {k: Counter() for k in kinds}
+    for b in built:
+        out.setdefault(b.kind, Counter())[b.precision] += 1
+    return out
 
 
 def float_precision(precision: str, unit: str) -> str:
@@ -127,8 +156,12 @@ def precision_table(*, fmt: str | None, unit: str, precision: str) -> dict[str, 
                 "activations": kind_precision(k, False, fmt=fmt, unit=unit, precision=precision)} for k in KINDS}
 
 
+# per kind: one precision, or the artifact's ops of that kind as (weight elements, precision)
+Overrides = Mapping[str, str | Sequence[tuple[float, str]]]
+
+
 def op_precisions(kind: np.ndarray, weight_elems: np.ndarray, *, fmt: str | None, unit: str, precision: str,
-                  overrides: Mapping[str, str] | None = None) -> np.ndarray:
+                  overrides: Overrides | None = None) -> np.ndarray:
     """Per-op precision (object array of ``PRECISION_BYTES`` keys).
 
     Args:
@@ -138,7 +171,8 @@ def op_precisions(kind: np.ndarray, weight_elems: np.ndarray, *, fmt: str | None
         overrides: ``{"conv"|"matmul"|"other": precision}`` read from an exported artifact;
             ``conv`` and ``matmul`` apply to weighted ops of that kind (``conv`` covers depthwise
             convs), ``other`` to every other op (a TFLite int8-static model that kept only its
-            compute ops in int8 runs the rest in float).
+            compute ops in int8 runs the rest in float). ``conv`` or ``matmul`` may instead be the
+            artifact's ops of that kind as ``(weight elements, precision)``: see ``match_by_size``.
     """
     table = {(i, w): kind_precision(k, w, fmt=fmt, unit=unit, precision=precision)
              for i, k in enumerate(KINDS) for w in (False, True)}
@@ -146,13 +180,45 @@ def op_precisions(kind: np.ndarray, weight_elems: np.ndarray, *, fmt: str | None
     if "other" in overrides:
         table = dict.fromkeys(table, overrides.pop("other")) | {
             (_K[k], True): table[(_K[k], True)] for k in ("conv", "dwconv", "matmul")}
+    sized = {name: built for name, built in overrides.items() if not isinstance(built, str)}
     for name, prec in overrides.items():
         for k in (("conv", "dwconv") if name == "conv" else (name,)):
-            table[(_K[k], True)] = prec
-    weighted = np.asarray(weight_elems) > 0
+            if name not in sized:
+                table[(_K[k], True)] = prec
+    weight_elems = np.asarray(weight_elems, dtype=float)
+    weighted = weight_elems > 0
     out = np.empty(len(kind), dtype=object)
     for j, (k, w) in enumerate(zip(np.asarray(kind).tolist(), weighted.tolist())):
         out[j] = table[(k, w)]
+    for name, built in sized.items():
+        kinds = [_K[k] for k in (("conv", "dwconv") if name == "conv" else (name,))]
+        idx = np.flatnonzero(np.isin(kind, kinds) & weighted)
+        if idx.size and built:
+            out[idx] = match_by_size(weight_elems[idx], built)
+    return out
+
+
+def match_by_size(sizes: np.ndarray, built: Sequence[tuple[float, str]]) -> np.ndarray:
+    """Precision of each of the estimator's weighted ops of one kind, from the artifact's ops of that kind.
+
+    Both sides are ranked by weight size and each op takes the precision of the artifact op at the
+    same point of the kind's cumulative weights (the middle of its own share): op for op when the
+    artifact has the same layers, which is what a converter that leaves small weights float needs;
+    when the artifact fused or split some layers, each precision still prices about its share of
+    the weights.
+
+    Args:
+        sizes: weight elements of the estimator's ops (all > 0).
+        built: ``(weight elements, precision)`` of the artifact's ops (all sizes > 0).
+    """
+    order = np.argsort(-sizes, kind="stable")
+    ranked = sorted(built, key=lambda b: -b[0])
+    edges = np.cumsum([b[0] for b in ranked]) / sum(b[0] for b in ranked)
+    w = sizes[order]
+    mids = (np.cumsum(w) - w / 2) / w.sum()
+    pick = np.minimum(np.searchsorted(edges, mids, side="right"), len(ranked) - 1)
+    out = np.empty(len(sizes), dtype=object)
+    out[order] = [ranked[j][1] for j in pick.tolist()]
     return out
 
 
@@ -181,7 +247,7 @@ def peak_keys(precisions: np.ndarray, unit: str) -> np.ndarray:
 
 
 def plan(ops: Any, *, fmt: str | None, unit: str, precision: str, peaks: Mapping[str, float],
-         overrides: Mapping[str, str] | None = None) -> OpPlan:
+         overrides: Overrides | None = None) -> OpPlan:
     """Price every op of ``ops`` (an ``OpArrays``) at its own precision.
 
     Raises:
@@ -199,7 +265,7 @@ def plan(ops: Any, *, fmt: str | None, unit: str, precision: str, peaks: Mapping
 
 
 def needed_keys(ops: Any, *, fmt: str | None, unit: str, precision: str,
-                overrides: Mapping[str, str] | None = None) -> tuple[str, ...]:
+                overrides: Overrides | None = None) -> tuple[str, ...]:
     """The peak keys ``plan`` will look up for these ops."""
     prec = op_precisions(ops.kind, ops.weight_elems, fmt=fmt, unit=unit, precision=precision, overrides=overrides)
     return tuple(sorted(set(peak_keys(prec, unit).tolist())))
@@ -212,6 +278,10 @@ _ONNX_KIND = {"Conv": "conv", "ConvTranspose": "conv", "ConvInteger": "conv", "Q
               "MatMulNBits": "matmul", "DynamicQuantizeMatMul": "matmul"}
 
 
+# QOperator nodes whose weight is not their second input: (a, a_scale, a_zero_point, w, ...)
+_ONNX_WEIGHT_INPUT = {"QLinearConv": 3, "QLinearMatMul": 3}
+
+
 def read_onnx_precisions(path: str | Path, float_prec: str = "fp32") -> dict[str, Counter[str]]:
     """Count the weighted conv and matmul nodes of an ONNX file by the precision they run at.
 
@@ -221,11 +291,17 @@ def read_onnx_precisions(path: str | Path, float_prec: str = "fp32") -> dict[str
     Returns:
         ``{"conv": Counter({"fp32": 3}), "matmul": Counter({"int8-dynamic": 2})}``.
     """
+    return tally(_onnx_ops(path, float_prec), _WEIGHTED_KINDS)
+
+
+def _onnx_ops(path: str | Path, float_prec: str) -> list[BuiltOp]:
+    """The weighted conv and matmul nodes of an ONNX graph (see ``read_onnx_precisions``), with their
+    weight elements (from the initializer's dims, so external data is not needed)."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
     g = model.graph
-    inits = {i.name for i in g.initializer}
+    inits = {i.name: float(np.prod(i.dims)) for i in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
 
     def from_dq(name: str) -> bool:
@@ -244,12 +320,26 @@ def read_onnx_precisions(path: str | Path, float_prec: str = "fp32") -> dict[str
             return bool(n.input) and const(n.input[0])
         return False
 
-    out: dict[str, Counter[str]] = {"conv": Counter(), "matmul": Counter()}
+    def elems(name: str) -> float:
+        """Elements of the constant behind ``name`` (0 when unknown)."""
+        if name in inits:
+            return inits[name]
+        n = producer.get(name)
+        if n is not None and n.op_type == "Constant":
+            return next((float(np.prod(a.t.dims)) for a in n.attribute if a.name == "value"), 0.0)
+        if n is not None and n.op_type in ("DequantizeLinear", "Transpose", "Reshape", "Cast") and n.input:
+            return elems(n.input[0])
+        return 0.0
+
+    out: list[BuiltOp] = []
     for n in g.node:
         kind = _ONNX_KIND.get(n.op_type)
         if kind is None or len(n.input) < 2:
             continue
         op = n.op_type
+        w_in = _ONNX_WEIGHT_INPUT.get(op, 1)
+        if len(n.input) <= w_in:
+            continue
         if op in ("MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul"):
             prec = "int8-dynamic"
         elif op in ("QLinearConv", "QLinearMatMul"):
@@ -263,10 +353,14 @@ def read_onnx_precisions(path: str | Path, float_prec: str = "fp32") -> dict[str
                 prec = "int8-static" if from_dq(n.input[0]) else "int8-weight"
             else:
                 prec = float_prec
-        if op in ("MatMulInteger", "QLinearMatMul") and not (const(n.input[1]) or from_dq(n.input[1])):
-            kind = "matmul_act"
-        out.setdefault(kind, Counter())[prec] += 1
-    out.pop("matmul_act", None)
+        if op in ("MatMulInteger", "QLinearMatMul") and not (const(n.input[w_in]) or from_dq(n.input[w_in])):
+            continue  # an integer matmul of two activations (attention): not a weighted op
+        if op == "MatMulNBits":  # the packed weight's dims are blocks; K x N are attributes
+            attr = {a.name: a.i for a in n.attribute}
+            size = float(attr.get("K", 0) * attr.get("N", 0))
+        else:
+            size = elems(n.input[w_in])
+        out.append(BuiltOp(kind, prec, size))
     return out
 
 
@@ -321,21 +415,27 @@ def read_tflite_precisions(path: str | Path, float_prec: str = "fp32") -> dict[s
     Returns:
         ``{"conv": Counter({"int8-dynamic": 1}), "matmul": Counter(...), "other": Counter(...)}``.
     """
+    return tally(_tflite_ops(path, float_prec), _COMPUTE_KINDS)
+
+
+def _tflite_ops(path: str | Path, float_prec: str) -> list[BuiltOp]:
+    """The ops of a ``.tflite`` (see ``read_tflite_precisions``), sized by their weight tensor's
+    elements (conv, matmul) or their first output's (other ops)."""
     import mmap
 
     s = _tflite_schema()
     names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
     types = {v: k for k, v in vars(s.TensorType).items() if not k.startswith("_")}
-    out: dict[str, Counter[str]] = {"conv": Counter(), "matmul": Counter(), "other": Counter()}
+    out: list[BuiltOp] = []
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         model = s.Model.GetRootAs(buf, 0)
         for si in range(model.SubgraphsLength()):
-            _count_tflite_subgraph(model, model.Subgraphs(si), names, types, float_prec, out)
+            _tflite_subgraph_ops(model, model.Subgraphs(si), names, types, float_prec, out)
     return out
 
 
-def _count_tflite_subgraph(model: Any, g: Any, names: Mapping[int, str], types: Mapping[int, str],
-                           float_prec: str, out: dict[str, Counter[str]]) -> None:
+def _tflite_subgraph_ops(model: Any, g: Any, names: Mapping[int, str], types: Mapping[int, str],
+                         float_prec: str, out: list[BuiltOp]) -> None:
     ops = [g.Operators(i) for i in range(g.OperatorsLength())]
 
     def op_name(op: Any) -> str:
@@ -352,6 +452,10 @@ def _count_tflite_subgraph(model: Any, g: Any, names: Mapping[int, str], types: 
     def ttype(t: int) -> str:
         return types.get(g.Tensors(t).Type(), "?")
 
+    def elems(t: int) -> float:
+        x = g.Tensors(t)
+        return float(np.prod([max(x.Shape(i), 1) for i in range(x.ShapeLength())]))  # -1: a dynamic dim
+
     for op in ops:
         name = op_name(op)
         if name in _TFL_CASTS:
@@ -364,13 +468,15 @@ def _count_tflite_subgraph(model: Any, g: Any, names: Mapping[int, str], types: 
             dequantized = src is not None and op_name(src) == "DEQUANTIZE" and src.InputsLength() > 0
             wt = src.Inputs(0) if dequantized else inputs[w]
             if const(wt):
-                out[kind][_tflite_weighted_precision(ttype(inputs[a]), ttype(wt), dequantized, float_prec)] += 1
+                prec = _tflite_weighted_precision(ttype(inputs[a]), ttype(wt), dequantized, float_prec)
+                out.append(BuiltOp(kind, prec, elems(wt)))
                 continue
         act = next((ttype(t) for t in inputs if t >= 0 and not const(t)), None)
+        size = elems(op.Outputs(0)) if op.OutputsLength() and op.Outputs(0) >= 0 else 0.0
         if act in ("INT8", "UINT8"):
-            out["other"]["int8-static"] += 1
+            out.append(BuiltOp("other", "int8-static", size))
         elif act in ("FLOAT32", "FLOAT16"):
-            out["other"][float_prec] += 1
+            out.append(BuiltOp("other", float_prec, size))
         # integer/bool inputs (shapes, indices) or only constants: nothing the estimator prices by precision
 
 
@@ -391,13 +497,19 @@ def read_pte_precisions(path: str | Path, float_prec: str = "fp32") -> dict[str,
         ``{"conv": Counter({"fp32": 1}), "matmul": Counter({"int8-dynamic": 1})}`` with
         ``FLOAT`` read as ``float_prec``; None when no manifest beside the file records its counts.
     """
+    built = _pte_ops(path, float_prec)
+    return None if built is None else tally(built, _WEIGHTED_KINDS)
+
+
+def _pte_ops(path: str | Path, float_prec: str) -> list[BuiltOp] | None:
+    """The counted ops of a ``.pte``'s manifest record, unsized (the record has counts only)."""
     from mobilekit.artifact import manifest_entry
 
     _, art = manifest_entry(path)
     if art is None or art.op_precisions is None:
         return None
-    return {kind: Counter({(float_prec if prec == FLOAT else prec): int(n) for prec, n in c.items()})
-            for kind, c in art.op_precisions.items()}
+    return [BuiltOp(kind, float_prec if prec == FLOAT else prec, 0.0)
+            for kind, c in art.op_precisions.items() for prec, n in c.items() for _ in range(int(n))]
 
 
 # --- what an exported Core ML ML Program computes in ----------------------------------------------
@@ -430,6 +542,21 @@ def read_coreml_precisions(path: str | Path, float_prec: str = "fp32") -> dict[s
         ``{"conv": Counter({"fp16": 1}), "matmul": Counter({"int8-weight": 1}), "other": Counter(...)}``;
         None when the folder holds no ML Program or no op of it is counted.
     """
+    built = _coreml_ops(path, float_prec)
+    return tally(built, _COMPUTE_KINDS) if built else None
+
+
+def _tensor_elems(value_type: Any) -> float:
+    """Elements of a MIL ``ValueType``'s tensor (an unknown dim counts as 1; 0 for a non-tensor)."""
+    if value_type.WhichOneof("type") != "tensorType":
+        return 0.0
+    return float(np.prod([d.constant.size if d.WhichOneof("dimension") == "constant" else 1
+                          for d in value_type.tensorType.dimensions]))
+
+
+def _coreml_ops(path: str | Path, float_prec: str) -> list[BuiltOp] | None:
+    """The computing ops of an ``.mlpackage``'s ML Program (see ``read_coreml_precisions``), sized by
+    their weight's elements (conv, matmul) or their first output's (other ops); None without a program."""
     from mobilekit.converters.coreml import WEIGHT_DEQUANT_OPS, program_ops
 
     ops = program_ops(Path(path))
@@ -438,6 +565,7 @@ def read_coreml_precisions(path: str | Path, float_prec: str = "fp32") -> dict[s
     from coremltools.proto import MIL_pb2  # program_ops has required coremltools
 
     producer = {o.name: op for op in ops for o in op.outputs}
+    value_types = {o.name: o.type for op in ops for o in op.outputs}
     dtype = MIL_pb2.DataType.Name
 
     def args(op: Any, name: str) -> list[Any]:
@@ -475,13 +603,18 @@ def read_coreml_precisions(path: str | Path, float_prec: str = "fp32") -> dict[s
             return True
         return False
 
-    out: dict[str, Counter[str]] = {"conv": Counter(), "matmul": Counter(), "other": Counter()}
+    out: list[BuiltOp] = []
     for op in ops:  # program order: an int8 value is marked before the ops that read it
         if op.type in _MIL_NOT_COMPUTE or op.type.startswith("constexpr_"):
             continue
         kind, wname = _MIL_WEIGHTED.get(op.type, ("other", None))
-        w = weight(args(op, wname)[0]) if wname and args(op, wname) else None
-        kind = kind if w is not None else "other"
+        warg = args(op, wname)[0] if wname and args(op, wname) else None
+        w = weight(warg) if warg is not None else None
+        if w is not None:  # the weight as the op reads it: a constexpr's output is the dense tensor
+            size = _tensor_elems(warg.value.type if warg.WhichOneof("binding") == "value"
+                                 else value_types[warg.name])
+        else:
+            kind, size = "other", _tensor_elems(op.outputs[0].type) if op.outputs else 0.0
         if int8_acts(op):
             prec: str | None = "int8-static"
         elif w == "int":
@@ -489,24 +622,45 @@ def read_coreml_precisions(path: str | Path, float_prec: str = "fp32") -> dict[s
         else:
             prec = {"FLOAT16": "fp16", "FLOAT32": float_prec}.get(out_type(op))
         if prec is not None:
-            out[kind][prec] += 1
-    return out if any(out.values()) else None
+            out.append(BuiltOp(kind, prec, size))
+    return out or None
 
 
-def overrides_from_counts(counts: Mapping[str, Counter[str]]) -> dict[str, str]:
-    """Majority precision per kind (``conv``/``matmul``/``other``) of the ops the artifact has."""
-    return {k: c.most_common(1)[0][0] for k, c in counts.items() if c}
+def overrides_from_ops(built: Sequence[BuiltOp]) -> dict[str, str | tuple[tuple[float, str], ...]]:
+    """What the artifact's ops say each kind of the estimator's ops runs at (``op_precisions``' overrides).
+
+    ``conv`` and ``matmul``: every weighted op's (weight elements, precision) when the reader knew
+    every size, so ``op_precisions`` gives each layer the precision of the artifact's layer of its
+    size (a converter leaves small weights float: by op count those would outvote the few large
+    int8 layers that hold the bytes and MACs); else the precision of most ops (a ``.pte``'s manifest
+    records counts only). ``other``: the precision of most output elements (what those ops move
+    and compute scales with), one precision for all of them as the table has.
+    """
+    out: dict[str, str | tuple[tuple[float, str], ...]] = {}
+    for kind in dict.fromkeys(b.kind for b in built):
+        mine = [b for b in built if b.kind == kind]
+        if kind != "other" and all(b.size > 0 for b in mine):
+            out[kind] = tuple((b.size, b.precision) for b in mine)
+            continue
+        share: Counter[str] = Counter()
+        for b in mine:  # unknown sizes count as one op each
+            share[b.precision] += b.size if kind == "other" and b.size > 0 else 1.0
+        out[kind] = share.most_common(1)[0][0]
+    return out
 
 
-# artifact suffix -> (what reads its per-op precision, where that reader looks)
-_READERS = {".onnx": (read_onnx_precisions, "onnx graph"), ".tflite": (read_tflite_precisions, "tflite graph"),
-            ".pte": (read_pte_precisions, "export manifest"), ".mlpackage": (read_coreml_precisions, "coreml graph")}
+# artifact suffix -> (what reads its per-op precision, where that reader looks, the kinds its counts
+# list even when the artifact has none of them)
+_READERS = {".onnx": (_onnx_ops, "onnx graph", _WEIGHTED_KINDS),
+            ".tflite": (_tflite_ops, "tflite graph", _COMPUTE_KINDS),
+            ".pte": (_pte_ops, "export manifest", _WEIGHTED_KINDS),
+            ".mlpackage": (_coreml_ops, "coreml graph", _COMPUTE_KINDS)}
 # artifacts that are folders, not files
 _PACKAGES = frozenset({".mlpackage"})
 
 
 def artifact_overrides(artifact: str | Path | None, fmt: str | None, float_prec: str = "fp32",
-                       ) -> tuple[dict[str, str], dict[str, dict[str, int]] | None, str]:
+                       ) -> tuple[Overrides, dict[str, dict[str, int]] | None, str]:
     """Overrides, raw counts and their source, read from an exported artifact.
 
     ``.onnx`` and ``.tflite`` graphs and ``.mlpackage`` ML Programs are read; a ``.pte`` by what its
@@ -515,15 +669,17 @@ def artifact_overrides(artifact: str | Path | None, fmt: str | None, float_prec:
     recipe table.
 
     Returns:
-        ``(overrides, counts, source)``: source is ``"onnx graph"``, ``"tflite graph"``,
+        ``(overrides, counts, source)``: overrides as ``overrides_from_ops`` makes them, counts the
+        artifact's ops per kind and precision; source is ``"onnx graph"``, ``"tflite graph"``,
         ``"coreml graph"`` or ``"export manifest"`` when read, else ``"recipe table"``.
     """
     if artifact is None:
         return {}, None, "recipe table"
     p = Path(artifact)
-    reader, source = _READERS.get(p.suffix, (None, "recipe table"))
+    reader, source, kinds = _READERS.get(p.suffix, (None, "recipe table", ()))
     there = p.is_dir() if p.suffix in _PACKAGES else p.is_file()
-    counts = reader(p, float_prec) if reader is not None and there else None
-    if counts is None:
+    built = reader(p, float_prec) if reader is not None and there else None
+    if built is None:
         return {}, None, "recipe table"
-    return overrides_from_counts(counts), {k: dict(v) for k, v in counts.items()}, source
+    counts = tally(built, kinds)
+    return overrides_from_ops(built), {k: dict(v) for k, v in counts.items()}, source

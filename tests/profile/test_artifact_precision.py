@@ -1,6 +1,6 @@
-"""The estimator prices the artifact actually built: per-op precision read from real .tflite files and
-.mlpackage ML Programs and from what an ExecuTorch export recorded, checked against what the converters
-really produced."""
+"""The estimator prices the artifact actually built: per-op precision read from real .onnx and .tflite
+files and .mlpackage ML Programs and from what an ExecuTorch export recorded, checked against what the
+converters really produced, layer by layer where an artifact mixes int8 and float weights."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -222,3 +223,81 @@ def test_coreml_activation_quantization_is_read_as_int8_static(tmp_path: Path, m
     assert e.roofline["precision_from"] == "coreml graph"
     by_op = {r["op"]: r["precision"] for r in e.per_layer}
     assert by_op["conv2d"] == "int8-static" and by_op["linear"] == "int8-static"
+
+
+def _big_and_small() -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    """Three 8x8 linears (64 weights each, under the Core ML and ONNX converters' 256-element floor)
+    and one 8x256 (2048 weights): by op count the artifact's linears are mostly float, by weights
+    mostly int8."""
+    torch.manual_seed(0)
+    layers: list[torch.nn.Module] = []
+    for _ in range(3):
+        layers += [torch.nn.Linear(8, 8), torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers, torch.nn.Linear(8, 256)).eval(), (torch.randn(1, 8),)
+
+
+def _linears(e: Any) -> list[dict[str, Any]]:
+    return [r for r in e.per_layer if r["op"] == "linear"]
+
+
+@pytest.mark.parametrize("fmt,target,unit,flt", [
+    pytest.param("onnx", "pixel-8", "cpu", "fp32", marks=pytest.mark.backend_onnx),
+    pytest.param("coreml", "iphone-15-pro", "npu", "fp16", marks=[pytest.mark.backend_coreml,
+                                                                 pytest.mark.xdist_group("coreml")]),
+    pytest.param("tflite", "pixel-8", "cpu", "fp32", marks=[pytest.mark.backend_tflite,
+                                                           pytest.mark.xdist_group("tflite")])])
+def test_mixed_int8_weight_artifact_prices_each_linear_as_built(tmp_path: Path, fmt: str, target: str, unit: str,
+                                                                flt: str) -> None:
+    for mod in {"onnx": ("onnxruntime",), "coreml": ("coremltools",),
+                "tflite": ("litert_torch", "ai_edge_quantizer")}[fmt]:
+        pytest.importorskip(mod)
+    from mobilekit import export
+
+    model, x = _big_and_small()
+    # ONNX and Core ML leave the small weights float themselves; TFLite quantizes every weight, so
+    # the small linears are kept float the way the int8 fallback keeps sensitive modules
+    options = {"float_modules": ["0", "2", "4"]} if fmt == "tflite" else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        manifest = export(model, x, targets=[target], out_dir=tmp_path, precision="int8-weight", formats=[fmt],
+                          verify=False, use_cache=False, converter_options=options)
+    path = tmp_path / manifest.artifacts[0].path
+    # the artifact really is mixed, and by op count float wins: the majority vote priced every linear float
+    assert _counts(path)["matmul"] == {flt: 3, "int8-weight": 1}
+    kw: dict[str, Any] = {"target": target, "format": fmt, "precision": "int8-weight", "compute_unit": unit}
+    built, table = estimate(model, x, artifact=path, **kw), estimate(model, x, **kw)
+    *small, big = _linears(built)
+    *small_table, big_table = _linears(table)
+    assert big["precision"] == "int8-weight" and {r["precision"] for r in small} == {flt}
+    # the table promises int8 weights everywhere: the big linear is priced as it promised, the small
+    # ones move their float weights
+    assert big["bytes"] == big_table["bytes"]
+    assert all(s["bytes"] > t["bytes"] for s, t in zip(small, small_table))
+
+
+@pytest.mark.backend_coreml
+@pytest.mark.xdist_group("coreml")
+def test_gan_tiny_coreml_int8_weight_prices_its_int8_feed_forward_as_int8(tmp_path: Path) -> None:
+    pytest.importorskip("coremltools")
+    from tests.fixtures.models import tiny_gan
+
+    model, x = tiny_gan()
+    art, path = _export(model, x, "coreml", "int8-weight", tmp_path, target="iphone-15-pro")
+    counts = _counts(path)
+    assert counts is not None
+    # linear_quantize_weights stores the feed-forward's two weights in int8 and leaves the attention
+    # projections' (at or under 256 elements) fp16: 8 linears of 10 are fp16
+    assert counts["matmul"] == {"fp16": 8, "int8-weight": 2}, counts
+    e = estimate(model, x, target="iphone-15-pro", format="coreml", precision="int8-weight", compute_unit="npu",
+                 artifact=path)
+    prec = {r["name"].split(":")[0]: r["precision"] for r in _linears(e)}
+    assert {n for n, p in prec.items() if p == "int8-weight"} == {"transformer.ff_in", "transformer.ff_out"}, prec
+    assert {p for n, p in prec.items() if ".attn" in n} == {"fp16"}, prec
+
+
+def test_size_matching_prices_each_precision_its_share_of_weights_when_layer_counts_differ() -> None:
+    from mobilekit.estimation.precision import match_by_size
+
+    # the artifact fused the estimator's two 100-weight layers into one int8 op; the 10-weight layer stayed float
+    got = match_by_size(np.array([10.0, 100.0, 100.0]), [(200.0, "int8-weight"), (10.0, "fp32")])
+    assert got.tolist() == ["fp32", "int8-weight", "int8-weight"]
