@@ -94,14 +94,26 @@ def pretrain(data: DataSource, steps: int, batch: int, seed: int, *, every: int 
     return ema.eval(), (time.perf_counter() - t0) / steps
 
 
+def _teacher_key(cfg: dict) -> str:
+    return json.dumps({"pretrain_steps": cfg["pretrain_steps"], "batch": cfg["batch"], "seed": 0, "model": DIT},
+                      sort_keys=True)
+
+
+def save_teacher(cache: Path, cfg: dict, teacher: torch.nn.Module, pre_step_s: float) -> None:
+    """Store a pretrained teacher where ``load_or_pretrain`` finds it for the same settings."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(cache.suffix + ".tmp")
+    torch.save({"key": _teacher_key(cfg), "state_dict": teacher.state_dict(), "pre_step_s": pre_step_s}, tmp)
+    tmp.replace(cache)
+
+
 def load_or_pretrain(data: DataSource, cfg: dict, cache: Path | None) -> tuple[torch.nn.Module, float]:
     """``pretrain`` with an optional on-disk cache keyed by the pretraining settings."""
     from diffusers import DiTTransformer2DModel
 
-    key = {"pretrain_steps": cfg["pretrain_steps"], "batch": cfg["batch"], "seed": 0, "model": DIT}
     if cache is not None and cache.exists():
         blob = torch.load(cache, map_location="cpu", weights_only=True)
-        if blob.get("key") == json.dumps(key, sort_keys=True):
+        if blob.get("key") == _teacher_key(cfg):
             model = DiTTransformer2DModel(**DIT)
             model.load_state_dict(blob["state_dict"])
             log.info("teacher loaded from %s", cache)
@@ -109,9 +121,7 @@ def load_or_pretrain(data: DataSource, cfg: dict, cache: Path | None) -> tuple[t
         log.info("teacher cache %s has other settings; pretraining", cache)
     teacher, pre_step_s = pretrain(data, cfg["pretrain_steps"], cfg["batch"], seed=0)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"key": json.dumps(key, sort_keys=True), "state_dict": teacher.state_dict(),
-                    "pre_step_s": pre_step_s}, cache)
+        save_teacher(cache, cfg, teacher, pre_step_s)
     return teacher, pre_step_s
 
 
@@ -285,11 +295,17 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="*", help="override the mode's seeds")
     ap.add_argument("--pattern", default="1:2", help="N:M pattern (e.g. 6:12 = one global group)")
     ap.add_argument("--search-steps", type=int, default=0, help="override the mode's search steps")
+    ap.add_argument("--pretrain-steps", type=int, default=0,
+                    help="override the mode's teacher pretraining steps (tinyfusion_teacher_curve.md: 800 is short "
+                         "of convergence)")
     ap.add_argument("--methods", nargs="*", help="run only these methods (names as in the table)")
     ap.add_argument("--teacher-cache", type=Path, default=None,
                     help="load the pretrained teacher from this file if it exists, else pretrain and save it there "
                          "(pretraining is deterministic, seed 0; saves the ~6 min pretraining in repeated runs)")
     ap.add_argument("--append-as", default="", help="store this run under extra_runs[LABEL] of the existing --out JSON")
+    ap.add_argument("--promote-previous-as", default="",
+                    help="this run becomes the main one while the existing --out JSON's main run moves to "
+                         "extra_runs[LABEL] and its extra runs stay (with --skip-latency its latency stays too)")
     ap.add_argument("--render-only", action="store_true",
                     help="only rewrite the markdown and tinyfusion_summary.json from the existing --out JSON")
     ap.add_argument("--latency-only", type=int, metavar="REPEATS", default=0,
@@ -313,6 +329,8 @@ def main() -> None:
         cfg["seeds"] = args.seeds
     if args.search_steps:
         cfg["search_steps"] = args.search_steps
+    if args.pretrain_steps:
+        cfg["pretrain_steps"] = args.pretrain_steps
     t_all = time.perf_counter()
     full_data = digits((4, 8, 8))
     train, held = full_data.split(0.2, seed=0)
@@ -411,6 +429,13 @@ def main() -> None:
         "latency": lat, "toolchain": toolchain_versions(), "seconds": time.perf_counter() - t_all,
     }
     result["spearman_post_pruning_vs_recovered"] = spearman_post_pruning(rows)
+    if args.promote_previous_as:
+        prev = json.loads(args.out.read_text())
+        moved = {k: prev[k] for k in ("command", "settings", "pattern", "teacher", "rows", "summary", "seconds",
+                                      "spearman_post_pruning_vs_recovered") if k in prev}
+        result["extra_runs"] = {args.promote_previous_as: moved, **prev.get("extra_runs", {})}
+        if args.skip_latency and prev.get("latency"):
+            result["latency"] = prev["latency"]  # 12- vs 6-layer speed does not depend on the teacher's training
     write_outputs(result, args.out)
     log.info("wrote %s in %.0f s", args.out, result["seconds"])
 
@@ -542,15 +567,15 @@ def to_markdown(res: dict) -> str:
                   "one global group, the analogue of 7:14 (both keep half with a single group). Only learnable and "
                   "oracle obey the pattern; shortgpt, flux-lite, sensitivity and random keep the best half anywhere "
                   "(the pattern only sets how many), so their kept sets repeat across patterns; their `-groups` "
-                  "variants (`baseline_scope=\"groups\"`) keep the best N of every group of M instead. Same teacher "
-                  "recipe, search and recovery budgets as the 1:2 table. Per-seed numbers: "
+                  "variants (`baseline_scope=\"groups\"`) keep the best N of every group of M instead. Same search "
+                  "and recovery budgets as the 1:2 table; each run's header names its teacher. Per-seed numbers: "
                   "`tinyfusion_summary.json` under `patterns[\"2:4\"]`, `patterns[\"6:12\"]` (same shape as the "
                   "top-level `methods`, which stays the 1:2 run, plus `seeds`, `teacher` and `command`; the grouped "
                   "baselines' runs are merged in and listed under `more_runs`, those at 1:2 under `patterns[\"1:2\"]`)."]
     for label, extra in res.get("extra_runs", {}).items():
         lines += ["", f"Extra run `{label}` (`{extra['command']}`; pattern {extra.get('pattern', '1:2')}, "
                   f"search {extra['settings']['search_steps']} steps, seeds {extra['settings']['seeds']}, "
-                  f"same pretraining recipe, teacher FD {extra['teacher']['frechet']:.2f}"
+                  f"teacher pretrained {extra['settings']['pretrain_steps']} steps, FD {extra['teacher']['frechet']:.2f}"
                   + (f", {extra['seconds']:.0f} s" if "seconds" in extra else "") + "):", "",
                   "| method | kept (seeds) | calib. loss | held-out loss after recovery | FD after recovery |",
                   "|---|---|---|---|---|"]
@@ -563,6 +588,9 @@ def to_markdown(res: dict) -> str:
         if diff is not None:
             lines += ["", f"Learnable minus sensitivity FD, paired by seed ({diff[2]} seeds): "
                       f"{diff[0]:+.1f} ± {diff[1]:.1f} (negative: learnable better)."]
+        if "spearman_post_pruning_vs_recovered" in extra:
+            lines += ["", f"Spearman of the loss after pruning with the FD after recovery, over its "
+                      f"{len(extra['rows'])} runs: {extra['spearman_post_pruning_vs_recovered']:.2f}."]
     c = res["search_cost"]
     lines += ["", f"Search cost: {c['learnable_search_step_s'] * 1e3:.1f} ms per learnable search step vs "
               f"{c['plain_train_step_s'] * 1e3:.1f} ms per plain full training step (batch {c['batch']}): "
