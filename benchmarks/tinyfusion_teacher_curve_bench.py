@@ -8,7 +8,8 @@ comparison is only as meaningful as its teacher: a teacher still improving at th
 comparison starts confounds "recovers well" with "keeps training".
 
 Run (from the repo root):
-    nice -n 10 .venv/bin/python benchmarks/tinyfusion_teacher_curve_bench.py --steps 3000
+    nice -n 10 .venv/bin/python benchmarks/tinyfusion_teacher_curve_bench.py --steps 6000 \
+        --save-teacher benchmarks/work/teacher_6000.pt
 Writes benchmarks/results/tinyfusion_teacher_curve.{json,md,png}.
 """
 
@@ -28,7 +29,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import torch  # noqa: E402
 
 from tinyfusion_bench import (MODES, features, frechet, generate, heldout_loss, pretrain,  # noqa: E402
-                              train_classifier)
+                              save_teacher, train_classifier)
 
 from mobilekit._deps import toolchain_versions  # noqa: E402
 from mobilekit._io import write_json_atomic, write_text_atomic  # noqa: E402
@@ -36,9 +37,11 @@ from mobilekit.train.tinyfusion.data import digits  # noqa: E402
 
 log = logging.getLogger("tinyfusion_teacher_curve")
 OUT = ROOT / "benchmarks" / "results" / "tinyfusion_teacher_curve.json"
+# held-out loss falling by less than this share of itself per 1000 steps counts as converged
+FLAT = 0.01
 
 
-def run(steps: int, every: int, fd_at: list[int], threads: int) -> dict[str, Any]:
+def run(steps: int, every: int, fd_at: list[int], threads: int, save: Path | None = None) -> dict[str, Any]:
     quick = MODES["quick"]
     data = digits((4, 8, 8))
     train, held = data.split(0.2, seed=0)
@@ -62,7 +65,9 @@ def run(steps: int, every: int, fd_at: list[int], threads: int) -> dict[str, Any
         # written at every checkpoint: an interrupted run keeps its curve (``complete`` says so)
         write_json_atomic(OUT, {**res, "complete": False, "seconds": time.perf_counter() - t0})
 
-    _, step_s = pretrain(train, steps, quick["batch"], seed=0, every=every, checkpoint=checkpoint)
+    teacher, step_s = pretrain(train, steps, quick["batch"], seed=0, every=every, checkpoint=checkpoint)
+    if save is not None:  # the same teacher ``tinyfusion_bench.py --pretrain-steps STEPS --teacher-cache`` trains
+        save_teacher(save, {"pretrain_steps": steps, "batch": quick["batch"]}, teacher, step_s)
     return {**res, "complete": True, "seconds_per_step": step_s, "seconds": time.perf_counter() - t0}
 
 
@@ -93,7 +98,9 @@ def to_markdown(res: dict[str, Any]) -> str:
         lines.append(f"At the quick mode's {res['quick_mode_pretrain_steps']} steps the held-out loss is "
                      f"{quick['heldout_loss']:.4f}; at {last['step']} it is {last['heldout_loss']:.4f} "
                      f"({100 * gain / quick['heldout_loss']:.1f}% lower). Over the last quarter of the run it falls "
-                     f"{slope:.4f} per 1000 steps.")
+                     f"{slope:.4f} per 1000 steps ({100 * slope / last['heldout_loss']:.1f}% of its last value): "
+                     + ("the curve has flattened." if slope < FLAT * last["heldout_loss"] else
+                        f"**not converged** (flat here means under {100 * FLAT:.0f}% per 1000 steps)."))
     return "\n".join(lines) + "\n"
 
 
@@ -130,6 +137,7 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=200)
     ap.add_argument("--fd-at", type=int, nargs="*", default=[800, 1600, 3000])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--save-teacher", type=Path, help="store the final teacher as a tinyfusion_bench --teacher-cache")
     ap.add_argument("--render-only", action="store_true", help="only rewrite the .md and .png from the JSON")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -142,7 +150,7 @@ def main() -> None:
         bad = [s for s in args.fd_at if s % args.every or s > args.steps]
         if bad:
             raise SystemExit(f"--fd-at {bad}: each must be a multiple of --every {args.every} and <= --steps")
-        res = run(args.steps, args.every, args.fd_at, args.threads)
+        res = run(args.steps, args.every, args.fd_at, args.threads, args.save_teacher)
         write_json_atomic(OUT, res)
     plot(res, OUT.with_suffix(".png"))
     write_text_atomic(OUT.with_suffix(".md"), to_markdown(res))
