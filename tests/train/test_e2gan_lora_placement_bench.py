@@ -17,9 +17,13 @@ def bench():
     return load_bench("e2gan_lora_placement_bench")
 
 
+RANKS = {"crucial": {"ds.0": 1}, "resnet": {"res1.conv1": 1}, "both": {"ds.0": 1, "res1.conv1": 1}}
+
+
 def _seed(psnrs: dict[str, dict[str, float]]) -> dict:
     return {"concepts": {c: {"runs": {p: {"psnr": v, "lora_parameters_spent": 100, "trainable_parameters": 110,
-                                          "seconds": 1.0} for p, v in per.items()}} for c, per in psnrs.items()}}
+                                          "seconds": 1.0, "ranks": RANKS[p]} for p, v in per.items()}}
+                         for c, per in psnrs.items()}}
 
 
 def test_analyse_pairs_by_seed_after_averaging_concepts(bench):
@@ -28,13 +32,25 @@ def test_analyse_pairs_by_seed_after_averaging_concepts(bench):
                          "b": {"crucial": 20.0, "resnet": 21.0, "both": 19.0}}),
              "1": _seed({"a": {"crucial": 15.0, "resnet": 16.0, "both": 15.0},
                          "b": {"crucial": 25.0, "resnet": 26.0, "both": 25.0}})}
-    an = bench.analyse(seeds)
+    an = bench.analyse(seeds, "tiny")
     d = an["averaged"]["resnet_minus_crucial"]
     assert d["values"] == [1.0, 1.0] and d["ci95"] == 0.0
     assert an["averaged"]["both_minus_crucial"]["values"] == [-0.5, 0.0]
     assert an["averaged"]["crucial"]["mean"] == pytest.approx(17.5)
     assert an["per_concept"]["b"]["both_minus_crucial"]["values"] == [-1.0, 0.0]
     assert "crucial_minus_crucial" not in an["averaged"]
+    share = {p: an["parameters"][p]["resnet_share"]["mean"] for p in RANKS}
+    assert share["crucial"] == 0.0 and share["resnet"] == 1.0 and 0.0 < share["both"] < 1.0
+
+
+def test_resnet_share_weighs_ranks_by_layer_cost(bench):
+    from mobilekit.train.e2gan.lora import layer_lora_cost
+    from mobilekit.train.e2gan.models import E2GANConfig, build_generator
+
+    g = build_generator(E2GANConfig.tiny())
+    mods = dict(g.named_modules())
+    a, b = layer_lora_cost(mods["res1.conv1"]), layer_lora_cost(mods["head.conv_out"])
+    assert bench.resnet_share({"res1.conv1": 2, "head.conv_out": 1}, g) == pytest.approx(2 * a / (2 * a + b))
 
 
 @pytest.mark.slow
