@@ -49,7 +49,8 @@ from mobilekit.train.e2gan.loop import LoopConfig  # noqa: E402
 from mobilekit.train.e2gan.metrics import frechet_distance, image_features, l1, psnr  # noqa: E402
 from mobilekit.train.e2gan.models import (E2GANConfig, PatchDiscriminatorConfig,  # noqa: E402
                                           build_generator)
-from mobilekit.train.e2gan.train import AdaptConfig, BaseModel, BaseTrainConfig, train_base  # noqa: E402
+from mobilekit.train.e2gan.train import (AdaptConfig, BaseModel, BaseTrainConfig, load_base,  # noqa: E402
+                                         train_base)
 
 log = logging.getLogger("e2gan_bench")
 
@@ -117,11 +118,12 @@ def generator_macs(cfg: E2GANConfig, size: int) -> int:
 
 
 def _train_seed_base(mode: dict[str, Any], work: Path, seed: int, concepts: list[str] | None = None,
-                     pairs_per_concept: int | None = None) -> tuple[BaseModel, dict[str, Any]]:
+                     pairs_per_concept: int | None = None, reuse: bool = False) -> tuple[BaseModel, dict[str, Any]]:
     """Train this seed's base; return it with its record (concepts, seconds, LoRA budget).
 
     ``concepts`` None: ``mode["num_concepts"]`` chosen by k-means (``choose_concepts``); else these.
-    ``pairs_per_concept`` None: ``mode["base_pairs"]``.
+    ``pairs_per_concept`` None: ``mode["base_pairs"]``. ``reuse``: load the base already in
+    ``work/base`` when its run.json records this very config (another benchmark's run of the seed).
     """
     gcfg = _gen_config(mode["gen"])
     t0 = time.perf_counter()
@@ -131,9 +133,17 @@ def _train_seed_base(mode: dict[str, Any], work: Path, seed: int, concepts: list
                                pairs_per_concept=pairs_per_concept or mode["base_pairs"], image_size=mode["size"],
                                loop=LoopConfig(steps=mode["base_steps"], batch_size=mode["batch"], lr=BASE_LR,
                                                seed=seed, checkpoint_every=0))
-    base = train_base(base_cfg, work / "base")
-    run = json.loads((work / "base" / "run.json").read_text())
-    log.info("seed %d: base trained in %.0f s on %s", seed, time.perf_counter() - t0, run["concepts"])
+    run_file = work / "base" / "run.json"
+    cached = json.loads(run_file.read_text()) if reuse and run_file.is_file() else None
+    # compared as JSON, the form run.json stores (tuples read back as lists)
+    if cached is not None and cached.get("config") == json.loads(json.dumps(base_cfg.to_dict())):
+        base = load_base(work / "base")
+        log.info("seed %d: reusing the base in %s", seed, work / "base")
+    else:
+        base = train_base(base_cfg, work / "base")
+        log.info("seed %d: base trained in %.0f s", seed, time.perf_counter() - t0)
+    run = json.loads(run_file.read_text())
+    log.info("seed %d: base concepts %s", seed, run["concepts"])
     n_gen = base.generator.num_parameters()
     mods = dict(base.generator.named_modules())
     rank1 = sum(layer_lora_cost(mods[n]) for n in lora_targets(base.generator))
@@ -160,9 +170,10 @@ def relative_weight_change(base: torch.nn.Module, tuned: torch.nn.Module) -> dic
 
 
 def _adapt_one(base: BaseModel, mode: dict[str, Any], spec: tuple, concept: str, train_pairs: cc.ConceptPairs,
-               eval_pairs: cc.ConceptPairs, budget: int, seed: int, out: Path) -> tuple[dict[str, Any], Any]:
+               eval_pairs: cc.ConceptPairs, budget: int, seed: int, out: Path,
+               lora_layers: str = "crucial") -> tuple[dict[str, Any], Any]:
     label, method, ranks, subset_method = spec
-    cfg = AdaptConfig(concept=concept, method=method, ranks=ranks or "search", budget=budget,
+    cfg = AdaptConfig(concept=concept, method=method, ranks=ranks or "search", budget=budget, lora_layers=lora_layers,
                       subset=mode["subset"] if subset_method else None, subset_method=subset_method or "kmeans",
                       image_size=mode["size"],
                       loop=LoopConfig(steps=mode["adapt_steps"], batch_size=mode["batch"], lr=LR[method],
@@ -195,7 +206,7 @@ def run_seed(mode: dict[str, Any], work: Path, seed: int) -> dict[str, Any]:
     scratch_init = build_generator(base.generator.config, seed=seed).eval()
     concepts = {}
     for ci, concept in enumerate(cc.DEFAULT_HELD_OUT):
-        train_pairs = cc.builtin_pairs(concept, mode["adapt_pairs"], mode["size"], seed=1000 * seed + 100 + ci)
+        train_pairs = train_pairs_for(mode, seed, ci, concept)
         eval_pairs = _eval_pairs(mode, ci, concept)
         zero_shot = _psnr_of(base.generator, mean_emb, eval_pairs)
         runs, weight_change = {}, None
@@ -210,6 +221,11 @@ def run_seed(mode: dict[str, Any], work: Path, seed: int) -> dict[str, Any]:
                              "full_finetune_weight_change": weight_change}
     return {"seed": seed, "base": base_rec, "crucial_layers": lora_targets(base.generator), "concepts": concepts,
             "wall_seconds": round(time.perf_counter() - t0, 1)}
+
+
+def train_pairs_for(mode: dict[str, Any], seed: int, ci: int, concept: str) -> cc.ConceptPairs:
+    """A seed's training pairs of held-out concept number ``ci`` (other benchmarks pair with these runs)."""
+    return cc.builtin_pairs(concept, mode["adapt_pairs"], mode["size"], seed=1000 * seed + 100 + ci)
 
 
 def _eval_pairs(mode: dict[str, Any], ci: int, concept: str) -> cc.ConceptPairs:

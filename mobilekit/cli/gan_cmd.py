@@ -117,6 +117,8 @@ def adapt_cmd(
     prompt: Annotated[str | None, typer.Option("--prompt", help="instruction prompt (default: from data)")] = None,
     method: Annotated[str, typer.Option("--method", help="lora, full or scratch")] = "lora",
     ranks: Annotated[str, typer.Option("--ranks", help="search, uniform or random")] = "search",
+    lora_layers: Annotated[str, typer.Option("--lora-layers", help="where LoRA goes: crucial (stem, sampling, "
+                                             "transformer, head), resnet (ResNet-block convs) or both")] = "crucial",
     budget: Annotated[int | None, typer.Option("--budget", help="LoRA parameters (default: 1% of the generator)")] = None,
     subset: Annotated[int | None, typer.Option("--subset", help="train on K pairs chosen by k-means")] = None,
     subset_method: Annotated[str, typer.Option("--subset-method", help="kmeans or random")] = "kmeans",
@@ -139,7 +141,8 @@ def adapt_cmd(
     from mobilekit.train.e2gan.train import AdaptConfig
 
     _threads(threads)
-    cfg = AdaptConfig(concept=concept, prompt=prompt, method=method, ranks=ranks, budget=budget, subset=subset,
+    cfg = AdaptConfig(concept=concept, prompt=prompt, method=method, ranks=ranks, lora_layers=lora_layers,
+                      budget=budget, subset=subset,
                       subset_method=subset_method, pairs=pairs, image_size=image_size,
                       loop=LoopConfig(steps=steps, batch_size=batch_size, lr=lr, adversarial=adversarial, seed=seed))
     with progress_callback(f"gan adapt {concept}") as on_progress:

@@ -92,6 +92,44 @@ def test_adapt_gives_one_adapter_per_seed_whatever_ran_before(base_dir, tmp_path
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+@pytest.mark.parametrize("placement", ["resnet", "both"])
+def test_adapt_named_lora_placement_wraps_exactly_its_layers(base_dir, tmp_path, placement):
+    from peft.tuners.lora import LoraLayer
+
+    base = load_base(base_dir)
+    # uniform ranks give every target rank ≥ 1, so the wrapped set is the whole placement
+    cfg = AdaptConfig(concept="sepia", pairs=4, image_size=32, ranks="uniform", lora_layers=placement,
+                      loop=LoopConfig(steps=1, batch_size=2, adversarial=False, checkpoint_every=0))
+    res = adapt(base, cfg, tmp_path / placement)
+    placed = {n for n, m in res.generator.named_modules() if isinstance(m, LoraLayer)}
+    convs = {f"res{i}.conv{j}" for i in (1, 2, 3) for j in (1, 2)}
+    crucial = {n for n, m in base.generator.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+               and not n.startswith("res")}
+    assert placed == (convs if placement == "resnet" else convs | crucial)
+    assert set(res.ranks) == placed
+    run = json.loads((tmp_path / placement / "run.json").read_text())
+    assert run["config"]["lora_layers"] == placement
+
+
+def test_lora_placement_names_are_checked():
+    assert AdaptConfig(concept="sepia").lora_patterns is None  # crucial: the generator's own declaration
+    with pytest.raises(ConfigError, match="unknown LoRA placement 'attention'") as exc:
+        AdaptConfig(concept="sepia", lora_layers="attention")
+    assert "crucial" in str(exc.value) and "resnet" in str(exc.value) and "both" in str(exc.value)
+    with pytest.raises(ConfigError, match="both target_patterns and lora_layers"):
+        AdaptConfig(concept="sepia", lora_layers="resnet", target_patterns=(r"^head\.",))
+
+
+def test_cli_adapt_refuses_an_unknown_lora_placement(base_dir, tmp_path, capsys):
+    from mobilekit.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["gan", "adapt", "--concept", "sepia", "--base", str(base_dir), "--out", str(tmp_path / "o"),
+              "--steps", "1", "--lora-layers", "everywhere"])
+    assert exc.value.code == 2
+    assert "everywhere" in capsys.readouterr().err and not (tmp_path / "o" / "run.json").exists()
+
+
 @pytest.mark.parametrize("method", ["full", "scratch"])
 def test_adapt_full_and_scratch_store_a_generator(base_dir, tmp_path, method):
     cfg = AdaptConfig(concept="sepia", method=method, pairs=4, image_size=32,

@@ -1,5 +1,6 @@
-"""Adapt an E²GAN base to a new concept: crucial-layer LoRA (searched, uniform or random ranks),
-full fine-tuning, or training from scratch; optionally on a subset of the pairs (k-means or random).
+"""Adapt an E²GAN base to a new concept: LoRA (on the crucial layers by default, ``lora_layers`` names
+other placements; searched, uniform or random ranks), full fine-tuning, or training from scratch;
+optionally on a subset of the pairs (k-means or random).
 
 Outputs in ``out_dir``: ``adapter/`` (LoRA: adapter.safetensors + adapter.json) or
 ``generator/`` + ``concept_embedding.safetensors`` (full / scratch), ``run.json`` and
@@ -154,7 +155,7 @@ def _budget(config: AdaptConfig, generator: nn.Module) -> int:
     from mobilekit.train.e2gan.lora import layer_lora_cost, lora_targets
 
     mods = dict(generator.named_modules())
-    rank1 = sum(layer_lora_cost(mods[n]) for n in lora_targets(generator, config.target_patterns))
+    rank1 = sum(layer_lora_cost(mods[n]) for n in lora_targets(generator, config.lora_patterns))
     return max(rank1, int(config.budget_fraction * sum(p.numel() for p in generator.parameters())))
 
 
@@ -167,12 +168,12 @@ def _choose_ranks(config: AdaptConfig, base: BaseModel, pairs: cc.ConceptPairs, 
     budget = _budget(config, base.generator)
     record["budget"] = budget
     if config.ranks == "uniform":
-        return uniform_ranks(base.generator, budget, config.target_patterns)
+        return uniform_ranks(base.generator, budget, config.lora_patterns)
     if config.ranks == "random":
         return random_ranks(base.generator, budget, seed=config.loop.seed, max_rank=config.max_rank,
-                            patterns=config.target_patterns)
+                            patterns=config.lora_patterns)
     res = search_ranks(base.generator, pairs.sources, pairs.targets, emb,
-                       RankSearchConfig(budget=budget, max_rank=config.max_rank), patterns=config.target_patterns)
+                       RankSearchConfig(budget=budget, max_rank=config.max_rank), patterns=config.lora_patterns)
     record["rank_search"] = {"spent": res.spent, "energy": {k: v[:4] for k, v in res.energy.items()}}
     return res.ranks
 

@@ -220,6 +220,15 @@ class _Up(nn.Module):
         return self.act(self.norm(self.conv(x)))
 
 
+# Named LoRA placements (``AdaptConfig.lora_layers``, ``gan adapt --lora-layers``): the paper's crucial
+# layers, the ResNet blocks' convolutions (the layers full fine-tuning moved most, e2gan.md), or both.
+# Named so that a placement ablation and a user pick the same module sets without writing regexes.
+_CRUCIAL = (r"^stem\.", r"^ds\.", r"^transformer\.", r"^us\.", r"^head\.")
+_RESNET_CONVS = (r"^res\d+\.conv[12]$",)
+LORA_PLACEMENTS: dict[str, tuple[str, ...]] = {"crucial": _CRUCIAL, "resnet": _RESNET_CONVS,
+                                               "both": _CRUCIAL + _RESNET_CONVS}
+
+
 class E2GANGenerator(nn.Module):
     """Text-conditioned image-to-image generator of E²GAN.
 
@@ -235,9 +244,7 @@ class E2GANGenerator(nn.Module):
 
     # Module-path regexes of the crucial layers that receive LoRA by default: the
     # sampling layers (stem, ds, us, head) and the transformer block; ResNet blocks get none.
-    _crucial_layers: ClassVar[tuple[str, ...]] = (
-        r"^stem\.", r"^ds\.", r"^transformer\.", r"^us\.", r"^head\.",
-    )
+    _crucial_layers: ClassVar[tuple[str, ...]] = LORA_PLACEMENTS["crucial"]
 
     def __init__(self, config: E2GANConfig) -> None:
         super().__init__()

@@ -31,7 +31,7 @@ from mobilekit._io import atomic_path, ensure_writable_dir, write_json_atomic
 from mobilekit.errors import ConfigError
 from mobilekit.train.e2gan import concepts as cc
 from mobilekit.train.e2gan.loop import Conditioned, EvalFn, LoopConfig, ProgressFn, TrainData, fit
-from mobilekit.train.e2gan.models import (E2GANConfig, E2GANGenerator, PatchDiscriminator,
+from mobilekit.train.e2gan.models import (LORA_PLACEMENTS, E2GANConfig, E2GANGenerator, PatchDiscriminator,
                                           PatchDiscriminatorConfig, build_generator, sha256_of_state)
 
 logger = logging.getLogger(__name__)
@@ -104,7 +104,11 @@ class AdaptConfig:
         budget_fraction: default budget as a fraction of the generator's parameters.
         max_rank: per-layer rank cap of the search.
         scale: LoRA alpha / r.
-        target_patterns: LoRA target regexes; None: the generator's crucial layers.
+        lora_layers: named LoRA placement (``models.LORA_PLACEMENTS``): ``crucial`` (the
+            generator's crucial layers, default), ``resnet`` (the ResNet blocks' convolutions)
+            or ``both``; ignored when ``target_patterns`` is given (which then must leave it
+            at ``crucial``).
+        target_patterns: LoRA target regexes; None: the placement ``lora_layers`` names.
         subset: keep this many pairs (None: all pairs).
         subset_method: how the subset is chosen: ``kmeans`` (nearest the k-means centres of
             the source images' features) or ``random`` (a control).
@@ -123,6 +127,7 @@ class AdaptConfig:
     budget_fraction: float = 0.01
     max_rank: int = 16
     scale: float = 1.0
+    lora_layers: str = "crucial"
     target_patterns: tuple[str, ...] | None = None
     subset: int | None = None
     subset_method: str = "kmeans"
@@ -150,8 +155,25 @@ class AdaptConfig:
             raise ConfigError("budget_fraction must be in (0, 1]", where="AdaptConfig.budget_fraction")
         if self.subset is not None and self.subset < 1:
             raise ConfigError("subset must be ≥ 1", where="AdaptConfig.subset")
+        if self.lora_layers not in LORA_PLACEMENTS:
+            raise ConfigError(f"unknown LoRA placement {self.lora_layers!r}", where="AdaptConfig.lora_layers",
+                              fix=f"choose one of {list(LORA_PLACEMENTS)}, or pass target_patterns")
         if self.target_patterns is not None:
             object.__setattr__(self, "target_patterns", tuple(self.target_patterns))
+            if self.lora_layers != "crucial":  # two placements given: refuse rather than pick one silently
+                raise ConfigError(f"both target_patterns and lora_layers={self.lora_layers!r} given",
+                                  where="AdaptConfig", fix="pass one of them")
+
+    @property
+    def lora_patterns(self) -> tuple[str, ...] | None:
+        """The LoRA target regexes: ``target_patterns``, else the named placement's.
+
+        ``crucial`` gives None, so the generator's own ``_crucial_layers`` decide (a subclass may
+        declare others).
+        """
+        if self.target_patterns is not None or self.lora_layers == "crucial":
+            return self.target_patterns
+        return LORA_PLACEMENTS[self.lora_layers]
 
     def to_dict(self) -> dict[str, Any]:
         """Return the config as a JSON-ready dict."""
