@@ -72,3 +72,34 @@ def test_summary_merges_several_runs_of_one_pattern(bench):
     assert p["more_runs"][0]["label"] == "pattern-2:4-groups" and p["more_runs"][0]["methods"] == ["sensitivity-groups"]
     assert set(s["patterns"]["1:2"]["methods"]) == {"sensitivity-groups"}
     assert "sensitivity-groups" not in s["methods"]  # the main run stays as it was
+
+
+def test_teacher_cache_is_found_only_for_the_same_pretraining(bench, tmp_path):
+    """The teacher-curve bench's saved teacher is what tinyfusion_bench --pretrain-steps N loads."""
+    from diffusers import DiTTransformer2DModel
+
+    import torch
+
+    torch.manual_seed(0)
+    teacher = DiTTransformer2DModel(**bench.DIT).eval()
+    cache = tmp_path / "teacher.pt"
+    bench.save_teacher(cache, {"pretrain_steps": 6000, "batch": 32}, teacher, 0.18)
+    loaded, step_s = bench.load_or_pretrain(None, {"pretrain_steps": 6000, "batch": 32}, cache)
+    assert step_s == 0.18
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), teacher.state_dict().values()))
+    with pytest.raises(TypeError):  # other settings: it pretrains (on data=None here), never serves it
+        bench.load_or_pretrain(None, {"pretrain_steps": 800, "batch": 32}, cache)
+
+
+def test_teacher_curve_says_whether_it_flattened():
+    curve = load_bench("tinyfusion_teacher_curve_bench")
+
+    def res(losses):
+        return {"command": "x", "batch": 32, "every": 200, "steps": 200 * len(losses), "threads": 1,
+                "complete": True, "seconds_per_step": 0.1, "quick_mode_pretrain_steps": 800,
+                "points": [{"step": 200 * (i + 1), "heldout_loss": v} for i, v in enumerate(losses)]}
+
+    falling = curve.to_markdown(res([0.2, 0.1, 0.08, 0.07, 0.06, 0.05, 0.04, 0.03]))
+    flat = curve.to_markdown(res([0.2, 0.1, 0.08, 0.07, 0.0700, 0.0700, 0.0699, 0.0699]))
+    assert "**not converged**" in falling and "flattened" not in falling
+    assert "the curve has flattened" in flat and "at 1600 it is 0.0699" in flat
