@@ -178,6 +178,7 @@ class ExecuTorchConverter:
         with timer("serialize"):
             filename, extra = _serialize(edge, workdir, external, backend, delegate)
             del edge
+            _forget_lowered_nodes()  # serialization ran fake-tensor ops on the lowered modules again
             release_memory()  # the caller goes on to run the .pte in a child process
         if external:
             notes.append(f"weights in {extra[0]}: load with data_path" if extra
@@ -250,9 +251,33 @@ def _quantize(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], recipe:
     except Exception as exc:
         raise ExportError(f"PT2E {precision} quantization for {delegate} failed: {first_line(exc)}",
                           where=recipe.name, fix="try another precision (e.g. fp32 or fp16)") from exc
+    finally:
+        _forget_quantized_modules()
+    del graph, prepared  # the observed module; ``converted`` holds the int8 weights
+    release_memory()
     what = "run-time (dynamic)" if precision == "int8-dynamic" else f"calibrated on {len(batches)} batch(es)"
     notes.append(f"int8 activations {what}, int8 per-channel weights (PT2E {type(quantizer).__name__})")
     return converted  # type: ignore[no-any-return]
+
+
+def _forget_quantized_modules() -> None:
+    """Empty the ``assert_and_get_unique_device`` caches, which keep every module PT2E passed them.
+
+    torchao's (``torchao.utils``) and torch's (``torch.ao.quantization.fx.utils``) are each a
+    ``functools.cache`` keyed by the module: the captured, observed and converted graph modules
+    (the int8 weights, 0.7 GB for DiT-XL/2) would otherwise outlive the export.
+    """
+    import importlib
+
+    for module_name, name in (("torchao.utils", "_assert_and_get_unique_device"),
+                              ("torch.ao.quantization.fx.utils", "assert_and_get_unique_device")):
+        try:
+            cached = getattr(importlib.import_module(module_name), name)
+        except (ImportError, AttributeError):
+            continue
+        clear = getattr(cached, "cache_clear", None)
+        if clear is not None:
+            clear()
 
 
 def _pt2e_quantizer(delegate: str, *, dynamic: bool) -> Any:
