@@ -113,11 +113,13 @@ def _markdown(cells: list[dict[str, Any]], command: str) -> str:
     gb = 2**30
     lines = ["# Real-size exports\n", f"Command: `{command}`\n",
              "Peak RSS is sampled every 0.1 s over the exporting process and all its children (parity and "
-             "latency runs); 'tree' is the largest sum at one instant. Ratios are against the model's fp32 "
+             "latency runs); 'largest child' is the biggest of those children alone, 'tree' the largest sum at one "
+             "instant. Ratios are against the model's fp32 "
              "weight bytes. Goal: peak ≤ 2.5× the fp32 weights.\n",
              "| model | params | fp32 weights | recipe | status | export s | stages (s) | peak RSS exporter | "
-             "peak RSS tree | × weights | artifact bytes | × weights | parity cos | host p50 ms |",
-             "|---|---:|---:|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "peak RSS largest child | peak RSS tree | × weights | artifact bytes | × weights | parity cos | "
+             "host p50 ms |",
+             "|---|---:|---:|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in cells:
         w = c.get("fp32_weight_bytes") or 1
         stages = ", ".join(f"{k} {v:.0f}" for k, v in (c.get("stages") or {}).items())
@@ -126,9 +128,11 @@ def _markdown(cells: list[dict[str, Any]], command: str) -> str:
         cos = f"{par['cosine']:.6f}" if par.get("cosine") is not None else (par.get("status") or "")
         lat = (c.get("host_latency") or {}).get("p50_ms")
         art = c.get("artifact_bytes")
+        run = f" (run {c['from_run']})" if c.get("from_run") else ""  # a cell kept from an earlier run says so
         lines.append(f"| {c['model']} | {c.get('params', 0) / 1e6:.0f}M | {w / gb:.2f} GB | {c['recipe']} | "
-                     f"{c['status']} | {c.get('export_seconds', '')} | {stages} | "
-                     f"{c.get('peak_rss_exporting_process', 0) / gb:.2f} GB | {tree / gb:.2f} GB | {tree / w:.2f} | "
+                     f"{c['status']}{run} | {c.get('export_seconds', '')} | {stages} | "
+                     f"{c.get('peak_rss_exporting_process', 0) / gb:.2f} GB | "
+                     f"{c.get('peak_rss_largest_child', 0) / gb:.2f} GB | {tree / gb:.2f} GB | {tree / w:.2f} | "
                      f"{art if art is not None else ''} | {'' if art is None else f'{art / w:.2f}'} | {cos} | "
                      f"{'' if lat is None else f'{lat:.0f}'} |")
     notes = [c for c in cells if c["status"] != "pass"]

@@ -7,8 +7,11 @@ names of a captured program's inputs and outputs.
 from __future__ import annotations
 
 import copy
+import ctypes
+import gc
 import logging
 import re
+import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -94,6 +97,22 @@ def prepared_model(model: torch.nn.Module, *, mutates: bool = False) -> torch.nn
         raise ExportError(f"cannot copy the model: {type(exc).__name__}: {exc}", where=type(model).__name__,
                           fix="make the model deep-copyable (no open files or locks held as attributes)") from exc
     return clone.eval()
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS, between the stages of a big export.
+
+    Lowering a model builds graphs that refer to each other in cycles, so a stage's copies of the
+    weights outlive it until the collector runs; and glibc keeps freed heap memory in its arenas
+    (the process's RSS does not fall) unless asked with ``malloc_trim``. Both matter for a
+    multi-GB model: the next stage, or a runtime child process, otherwise starts on top of them.
+    """
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+            pass
 
 
 def weight_bytes(model: torch.nn.Module, *, as_dtype: torch.dtype | None = None) -> int:

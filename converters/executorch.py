@@ -30,9 +30,11 @@ with ``ExecuTorchRunner(path, data_path=...)``.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -48,6 +50,7 @@ from mobilekit.converters._torch_common import (
     map_backend_error,
     op_histogram,
     prepared_model,
+    release_memory,
 )
 from mobilekit.converters.base import ConvertResult, StageTimer, Support, ensure_supported, supports_from_table
 from mobilekit._deps import require
@@ -161,14 +164,22 @@ class ExecuTorchConverter:
             module = _quantize(module, inputs, recipe, calibration, notes)
         with timer("lower"):
             program = capture(module, inputs, backend=backend)
+            del module  # a quantized module's own weights live on in the program
             if external:
                 program = _tag_external_weights(program, inputs, backend)
             precisions = op_precisions(program)
+            in_names, out_names = io_names(program, model)
             edge = _lower(program, delegate, coreml_specs, backend, dynamic=recipe.precision == "int8-dynamic")
+            # the edge program keeps what it needs; the aten program and the lowering's scratch
+            # copies go before serialization adds the program's own buffers
+            del program
+            release_memory()
             notes.extend(_delegation_notes(edge, delegate))
         with timer("serialize"):
             filename, extra = _serialize(edge, workdir, external, backend, delegate)
-        in_names, out_names = io_names(program, model)
+            del edge
+            _forget_lowered_nodes()  # serialization ran fake-tensor ops on the lowered modules again
+            release_memory()  # the caller goes on to run the .pte in a child process
         if external:
             notes.append(f"weights in {extra[0]}: load with data_path" if extra
                          else "external_weights: the delegate kept its weights inside the program")
@@ -240,9 +251,33 @@ def _quantize(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], recipe:
     except Exception as exc:
         raise ExportError(f"PT2E {precision} quantization for {delegate} failed: {first_line(exc)}",
                           where=recipe.name, fix="try another precision (e.g. fp32 or fp16)") from exc
+    finally:
+        _forget_quantized_modules()
+    del graph, prepared  # the observed module; ``converted`` holds the int8 weights
+    release_memory()
     what = "run-time (dynamic)" if precision == "int8-dynamic" else f"calibrated on {len(batches)} batch(es)"
     notes.append(f"int8 activations {what}, int8 per-channel weights (PT2E {type(quantizer).__name__})")
     return converted  # type: ignore[no-any-return]
+
+
+def _forget_quantized_modules() -> None:
+    """Empty the ``assert_and_get_unique_device`` caches, which keep every module PT2E passed them.
+
+    torchao's (``torchao.utils``) and torch's (``torch.ao.quantization.fx.utils``) are each a
+    ``functools.cache`` keyed by the module: the captured, observed and converted graph modules
+    (the int8 weights, 0.7 GB for DiT-XL/2) would otherwise outlive the export.
+    """
+    import importlib
+
+    for module_name, name in (("torchao.utils", "_assert_and_get_unique_device"),
+                              ("torch.ao.quantization.fx.utils", "assert_and_get_unique_device")):
+        try:
+            cached = getattr(importlib.import_module(module_name), name)
+        except (ImportError, AttributeError):
+            continue
+        clear = getattr(cached, "cache_clear", None)
+        if clear is not None:
+            clear()
 
 
 def _pt2e_quantizer(delegate: str, *, dynamic: bool) -> Any:
@@ -352,10 +387,71 @@ def _lower(program: torch.export.ExportedProgram, delegate: str, coreml_specs: l
 
         partitioners = [CoreMLPartitioner(compile_specs=coreml_specs)]
     try:
+        if delegate == "xnnpack":
+            from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
+
+            with _preprocess_shares_weights(XnnpackBackend):
+                return to_edge_transform_and_lower(program, partitioner=partitioners)
         return to_edge_transform_and_lower(program, partitioner=partitioners)
     except Exception as exc:
         raise map_backend_error(exc, backend=backend, program=program, stage="lowering", where=backend,
                                 fix="choose another precision or delegate") from exc
+    finally:
+        _forget_lowered_nodes()
+
+
+@contextlib.contextmanager
+def _preprocess_shares_weights(backend_cls: type) -> Iterator[None]:
+    """While lowering, hand ``backend_cls.preprocess`` a copy of each partition that shares its weights.
+
+    ExecuTorch 1.5 deep-copies every partition's program, weights included, before the backend's
+    ``preprocess`` ("in case backends change graph"): one whole extra copy of the weights (2.8 GB
+    for DiT-XL/2) alive while XNNPACK serializes its own. XNNPACK's passes replace entries of the
+    copy's state dict (new tensors for fused batch norms, unsqueezed conv1d kernels) but never write
+    into a tensor, so the copy may share the tensors: the graph, signature and dicts are still
+    copied, as ExecuTorch's CUDA backend does in its low-memory mode. The class attribute is put back
+    on exit, so other lowerings in this process keep ExecuTorch's behaviour.
+    """
+    name = "copy_exported_program_for_preprocess"
+    own = backend_cls.__dict__.get(name)
+
+    def copy_sharing_tensors(cls: type, edge_program: Any, compile_specs: Any) -> Any:
+        memo: dict[int, Any] = {id(t): t for values in (edge_program.state_dict, edge_program.constants)
+                                for t in values.values() if isinstance(t, torch.Tensor)}
+        return copy.deepcopy(edge_program, memo)
+
+    setattr(backend_cls, name, classmethod(copy_sharing_tensors))
+    try:
+        yield
+    finally:
+        if own is None:
+            delattr(backend_cls, name)
+        else:
+            setattr(backend_cls, name, own)
+
+
+def _forget_lowered_nodes() -> None:
+    """Drop the graph nodes ExecuTorch keeps in globals once a lowering is over.
+
+    Two globals keep nodes of the lowered graph, and through a node's graph the whole lowered
+    program with its delegate payloads (the serialized weights, 2.8 GB for DiT-XL/2), after the
+    export has returned: the unbounded ``lru_cache`` of ``exir.backend.utils.is_same_node`` (the
+    check that a partitioner left the graph alone) and the module-level ``WhyNoPartition``
+    loggers of XNNPACK's partitioner configs, which keep the last node they rejected. Torch's
+    fake-tensor dispatch cache (class-wide) keeps a few too, in its keys.
+    """
+    import sys
+
+    from executorch.exir.backend.utils import WhyNoPartition, is_same_node
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    is_same_node.cache_clear()
+    FakeTensorMode.cache_clear()
+    for name, mod in list(sys.modules.items()):
+        if mod is not None and name.startswith("executorch.backends.xnnpack.partition"):
+            for value in list(vars(mod).values()):
+                if isinstance(value, WhyNoPartition):
+                    value.node = None
 
 
 def _delegation_notes(edge: Any, delegate: str) -> list[str]:

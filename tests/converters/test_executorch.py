@@ -270,3 +270,88 @@ def test_caller_model_is_left_alone(tmp_path: Path) -> None:
     assert model.training
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+class ConvBNConv1d(torch.nn.Module):
+    """Conv + BatchNorm and a Conv1d: XNNPACK's preprocess passes replace these weights (batch norm
+    fused into the conv, the 1-d kernel unsqueezed to 2-d) in the program they are handed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.conv1d = torch.nn.Conv1d(8, 8, 3, padding=1)
+        self.head = torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn(self.conv(x)))
+        y = torch.relu(self.conv1d(y.flatten(2)))
+        return self.head(y.mean(dim=2))
+
+
+def _conv_bn() -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    torch.manual_seed(0)
+    model = ConvBNConv1d()
+    with torch.no_grad():  # non-trivial statistics, so a fused batch norm changes the conv's weights
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+    return model.eval(), (torch.randn(1, 3, 8, 8),)
+
+
+def test_preprocess_copy_shares_the_weights_and_is_put_back() -> None:
+    from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
+
+    from mobilekit.converters.executorch import _preprocess_shares_weights
+
+    model, inputs = _conv_bn()
+    program = torch.export.export(model, inputs, strict=False)
+    with _preprocess_shares_weights(XnnpackBackend):
+        shared = XnnpackBackend.copy_exported_program_for_preprocess(program, [])
+    default = XnnpackBackend.copy_exported_program_for_preprocess(program, [])
+    assert shared.graph_module is not program.graph_module
+    assert shared.state_dict is not program.state_dict  # passes may replace entries of the copy's dict
+    assert all(shared.state_dict[k] is t for k, t in program.state_dict.items())
+    # outside the context, ExecuTorch's own deep copy again
+    assert all(default.state_dict[k] is not t for k, t in program.state_dict.items())
+    assert "copy_exported_program_for_preprocess" not in XnnpackBackend.__dict__
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8-dynamic"])
+def test_shared_weights_build_the_same_pte_and_leave_the_model_alone(tmp_path: Path, precision: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import contextlib
+
+    import mobilekit.converters.executorch as et
+
+    model, inputs = _conv_bn()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    recipe = Recipe.parse(f"executorch-xnnpack-{precision}")
+    (tmp_path / "shared").mkdir()
+    shared = ExecuTorchConverter().convert(model, inputs, recipe, tmp_path / "shared")
+    for k, v in model.state_dict().items():  # the preprocess passes got the caller's tensors: none was written
+        assert torch.equal(v, before[k]), k
+    monkeypatch.setattr(et, "_preprocess_shares_weights", lambda _cls: contextlib.nullcontext())
+    (tmp_path / "copied").mkdir()
+    copied = ExecuTorchConverter().convert(model, inputs, recipe, tmp_path / "copied")
+    assert (tmp_path / "shared" / shared.filename).read_bytes() == (tmp_path / "copied" / copied.filename).read_bytes()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8-dynamic"])
+def test_convert_leaves_no_lowered_program_alive(tmp_path: Path, precision: str) -> None:
+    """ExecuTorch's and torchao's globals (caches, loggers) kept the lowered program, and with it the
+    serialized weights, after convert returned; at real size that memory was still held while the
+    parity child ran the .pte."""
+    import gc
+
+    from executorch.exir.lowered_backend_module import LoweredBackendModule
+
+    def graph_modules() -> set[int]:  # those holding weights (pattern graphs cached by partitioners hold none)
+        return {id(o) for o in gc.get_objects() if isinstance(o, torch.fx.GraphModule) and o.state_dict()}
+
+    model, inputs = _conv_bn()
+    gc.collect()
+    existing = graph_modules()
+    ExecuTorchConverter().convert(model, inputs, Recipe.parse(f"executorch-xnnpack-{precision}"), tmp_path)
+    gc.collect()
+    assert not [o for o in gc.get_objects() if isinstance(o, LoweredBackendModule)]
+    assert not graph_modules() - existing
