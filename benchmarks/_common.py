@@ -58,6 +58,14 @@ def rewrite_markdown(stem: str, render: Any) -> Path:
     return write_text_atomic(RESULTS / f"{stem}.md", render(json.loads((RESULTS / f"{stem}.json").read_text())))
 
 
+def write_json_and_markdown(path: Path, res: dict[str, Any], render: Any) -> None:
+    """``path`` (JSON) and its ``.md`` (``render(res) -> str``), each written atomically."""
+    from mobilekit._io import write_json_atomic, write_text_atomic
+
+    write_json_atomic(path, res)
+    write_text_atomic(path.with_suffix(".md"), render(res))
+
+
 def write_result(name: str, data: dict[str, Any]) -> Path:
     """Write ``benchmarks/results/<name>`` atomically with the provenance fields first."""
     from mobilekit._io import write_json_atomic

@@ -39,8 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import benchmarks.e2gan_bench as eb  # noqa: E402
-from benchmarks._common import provenance  # noqa: E402
-from mobilekit._io import write_json_atomic, write_text_atomic  # noqa: E402
+from benchmarks._common import provenance, write_json_and_markdown  # noqa: E402
+
 from mobilekit.train.e2gan import concepts as cc  # noqa: E402
 
 log = logging.getLogger("e2gan_base_ablation")
@@ -214,8 +214,7 @@ def to_markdown(res: dict[str, Any]) -> str:
 
 
 def write_outputs(path: Path, res: dict[str, Any]) -> None:
-    write_json_atomic(path, res)
-    write_text_atomic(path.with_suffix(".md"), to_markdown(res))
+    write_json_and_markdown(path, res, to_markdown)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
