@@ -213,10 +213,6 @@ def to_markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(path: Path, res: dict[str, Any]) -> None:
-    write_json_and_markdown(path, res, to_markdown)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=sorted(eb.MODES), default="quick")
@@ -231,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.render_only:
         res = json.loads(args.out.read_text())
         res["analysis"] = analyse(res["seeds"])
-        write_outputs(args.out, res)
+        write_json_and_markdown(args.out, res, to_markdown)
         return res
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -256,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         res["analysis"] = analyse(res["seeds"])
         res["wall_seconds"] = round(time.perf_counter() - t0, 1)
         res["complete"] = seed == args.seeds[-1]
-        write_outputs(args.out, res)  # after every seed, so a stopped run keeps what it finished
+        write_json_and_markdown(args.out, res, to_markdown)  # after every seed, so a stopped run keeps what it finished
         log.info("seed %d done in %.0f s (total %.0f s)", seed, res["seeds"][str(seed)]["wall_seconds"],
                  res["wall_seconds"])
     return res

@@ -168,10 +168,6 @@ def to_markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(path: Path, res: dict[str, Any]) -> None:
-    write_json_and_markdown(path, res, to_markdown)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=sorted(eb.MODES), default="quick")
@@ -186,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.render_only:  # recompute the statistics too, so a change to them needs no re-run
         res = json.loads(args.out.read_text())
         res["analysis"] = analyse(res["seeds"], res["settings"]["gen"])
-        write_outputs(args.out, res)
+        write_json_and_markdown(args.out, res, to_markdown)
         return res
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -199,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         res["seeds"][str(seed)] = run_seed(mode, args.work / f"seed{seed}", seed, args.ranks)
         res["analysis"] = analyse(res["seeds"], mode["gen"])
         res["wall_seconds"] = round(time.perf_counter() - t0, 1)
-        write_outputs(args.out, res)  # after every seed, so a partial run keeps what it measured
+        write_json_and_markdown(args.out, res, to_markdown)  # after every seed, so a partial run keeps what it measured
     log.info("wrote %s in %.0f s", args.out, time.perf_counter() - t0)
     return res
 
