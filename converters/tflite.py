@@ -169,7 +169,8 @@ class TFLiteConverter:
             with timer("quantize"):
                 batches = (calibration or [tuple(example_inputs)]) if recipe.precision == "int8-static" else []
                 cal = [_as_int32(b, f"calibration[{k}]") for k, b in enumerate(batches)]
-                floats = _float_scopes(flatbuffer, scopes, notes) if scopes else []
+                floats = list(scopes.values())
+                notes.extend(_unmatched_scopes(flatbuffer, scopes) if scopes else [])
                 quantized = _quantize(flatbuffer, recipe.precision, cal, float_scopes=floats)
                 if recipe.precision == "int8-static":
                     quantized = _static_with_fallback(flatbuffer, quantized, wrapped, cal, workdir, notes, floats)
@@ -305,15 +306,14 @@ def module_scope_regex(model: torch.nn.Module, path: str) -> str:
     return r"(?:^|[/;])" + "/".join(levels) + r"(?:;|$)"
 
 
-def _float_scopes(flatbuffer: bytes, scopes: dict[str, str], notes: list[str]) -> list[str]:
-    """The scope regexes of the modules kept float; a note for each that no op of the graph matches."""
+def _unmatched_scopes(flatbuffer: bytes, scopes: dict[str, str]) -> list[str]:
+    """A note for each module kept float that no op of the graph belongs to (it stays quantized)."""
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfu
 
     graph = tfu.read_model(bytearray(flatbuffer))
     names = [tfu.get_op_scope(op, sg.tensors) for sg in graph.subgraphs for op in sg.operators]
-    notes.extend(f"float_modules: no op of the graph belongs to {m}; it is quantized like the rest"
-                 for m, rx in scopes.items() if not any(re.search(rx, n) for n in names))
-    return list(scopes.values())
+    return [f"float_modules: no op of the graph belongs to {m}; it is quantized like the rest"
+            for m, rx in scopes.items() if not any(re.search(rx, n) for n in names)]
 
 
 def _quantize(flatbuffer: bytes, precision: str, calibration: list[list[torch.Tensor]], *,
