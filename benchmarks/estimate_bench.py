@@ -5,7 +5,9 @@ Two checks:
 1. Calibration set, leave-one-model-out: every published latency is predicted by a fit that
    never saw its architecture; median absolute percentage error (MdAPE) and the share within
    ±25 %, overall and per platform × compute unit and per family; plus how often the band
-   holds the held-out value (nested leave-one-model-out) against the share it claims.
+   holds the held-out value (nested leave-one-model-out) against the share it claims. The same
+   leave-one-device-out (a fit that never saw the phone), with the bands shipped for phones
+   outside the calibration set.
 2. This host described as a profile (``mobilekit.estimation.host.measure_host``): estimates of
    the built-in models (and two small calibration architectures) against their .pte (XNNPACK)
    and .onnx (ONNX Runtime) artifacts timed with a plain loop at the same thread count, at fp32
@@ -13,6 +15,7 @@ Two checks:
 
 Run:  nice -n 10 .venv/bin/python benchmarks/estimate_bench.py [--threads 1] [--iters 30]
       [--precisions fp32,int8-dynamic] [--baseline OLD_estimate.json --baseline-label REF] [--skip-host]
+      [--render-only]   (rewrite results/estimate.md from results/estimate.json)
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mobilekit._io import write_json_atomic  # noqa: E402
+from _common import rewrite_markdown, write_json_and_markdown  # noqa: E402
 from mobilekit._deps import toolchain_versions  # noqa: E402
 
 
@@ -46,13 +49,15 @@ def _ape_stats(measured: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
 
 def calibration_section() -> dict[str, Any]:
     from mobilekit.estimation.bands import COVERAGE, build_table, nested_coverage
-    from mobilekit.estimation.fit import leave_one_model_out, load_features, rows_of
+    from mobilekit.estimation.fit import (device_group, leave_one_device_out, leave_one_model_out, load_features,
+                                          rows_of)
 
     doc = load_features()
     rows = rows_of(doc)
     t0 = time.perf_counter()
     pred = leave_one_model_out(rows, doc["archs"])
     secs = time.perf_counter() - t0
+    pred_dev = leave_one_device_out(rows, doc["archs"])
     meas = np.array([r.latency_ms for r in rows])
     by_pu: dict[str, list[int]] = defaultdict(list)
     by_fam: dict[str, list[int]] = defaultdict(list)
@@ -61,6 +66,11 @@ def calibration_section() -> dict[str, Any]:
         by_fam[r.family].append(i)
     cols = ([r.family for r in rows], [r.arch for r in rows], list(meas), list(pred))
     table = build_table(*cols)
+    cols_dev = ([r.family for r in rows], [device_group(r) for r in rows], list(meas), list(pred_dev))
+    table_dev = build_table(*cols_dev)
+    by_dev: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        by_dev[device_group(r)].append(i)
     return {
         "method": "leave-one-model-out grouped by architecture; fit = calibrated roofline per (platform, unit, "
                   "precision) family, shrunk to the unit-wide fit; every op priced at its own precision "
@@ -79,6 +89,19 @@ def calibration_section() -> dict[str, Any]:
                             for k, e in sorted(table.items())},
                  "nested_loo_coverage": nested_coverage(*cols, table=table)},
         "loo_seconds": secs,
+        "leave_one_device_out": {
+            "method": "each phone (phones mapping to one profile together) predicted by a fit without it, so "
+                      "without its device factor; bands: the table built from these residuals nested by phone "
+                      "(what estimate() ships for phones outside the calibration set)",
+            "devices": len(by_dev),
+            "overall": _ape_stats(meas, pred_dev),
+            "by_platform_unit": {k: _ape_stats(meas[v], pred_dev[v]) for k, v in sorted(by_pu.items())},
+            "by_family": {k: _ape_stats(meas[v], pred_dev[v]) for k, v in sorted(by_fam.items())},
+            "by_device": {k: _ape_stats(meas[v], pred_dev[v]) for k, v in sorted(by_dev.items())},
+            "band": {"groups": {k: {kk: v for kk, v in e.items() if kk != "reason"} | {"reason": e.get("reason")}
+                                for k, e in sorted(table_dev.items())},
+                     "nested_lodo_coverage": nested_coverage(*cols_dev, table=table_dev)},
+        },
     }
 
 
@@ -199,9 +222,71 @@ def _summary(cal: dict[str, Any]) -> dict[str, Any]:
     fams = nested.get("by_family", {})
     claimed = {k: (v["claimed"] if isinstance(v, dict) else band.get("claimed_coverage", 0.8)) for k, v in fams.items()}
     measured = {k: (v["measured"] if isinstance(v, dict) else v) for k, v in fams.items()}
+    lodo = cal.get("leave_one_device_out") or {}
+    lodo_cov = lodo.get("band", {}).get("nested_lodo_coverage", {})
     return {"overall": cal.get("overall"), "by_platform_unit": cal.get("by_platform_unit"),
             "by_family": cal.get("by_family"), "band_claimed_by_family": claimed,
-            "band_measured_by_family": measured, "band_measured_overall": nested.get("measured")}
+            "band_measured_by_family": measured, "band_measured_overall": nested.get("measured"),
+            "rows": cal.get("rows"),
+            "lodo_overall": lodo.get("overall"), "lodo_by_platform_unit": lodo.get("by_platform_unit"),
+            "lodo_band_measured_overall": lodo_cov.get("measured"),
+            "lodo_band_by_family": lodo_cov.get("by_family")}
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f} %"
+
+
+def _ape_table(title: str, stats: dict[str, dict[str, Any]], before: dict[str, Any] | None) -> list[str]:
+    out = [f"| {title} | rows | MdAPE | within ±25 % | within 2× |", "|---|---|---|---|---|"]
+    for k, s in stats.items():
+        b = (before or {}).get(k) or {}
+        cell = [(f"{_pct(b.get(m))} → " if b else "") + _pct(s.get(m))
+                for m in ("mdape", "within_25pct", "within_2x")]
+        out.append(f"| {k} | {(str(b['n']) + ' → ') if b else ''}{s['n']} | " + " | ".join(cell) + " |")
+    return out
+
+
+def _markdown(doc: dict[str, Any]) -> str:
+    """The per-group tables of a run (``results/estimate.md``; the write-up is ``benchmarks/estimate.md``)."""
+    cal, before = doc["calibration_loo"], doc.get("before") or {}
+    lodo = cal["leave_one_device_out"]
+    lines = [f"# Latency estimator accuracy ({doc['date_utc']})", "", f"Command: `{doc['command']}`", "",
+             f"Calibration set: {cal['rows']} rows, {cal['architectures']} architectures, {lodo['devices']} phones"
+             + (f"; before = {before.get('label')}" if before else "") + ".", "",
+             "## Leave-one-model-out", ""]
+    lines += _ape_table("group", {"all": cal["overall"], **cal["by_platform_unit"], **cal["by_family"]},
+                        {"all": before.get("overall"), **(before.get("by_platform_unit") or {}),
+                         **(before.get("by_family") or {})} if before else None)
+    lines += ["", "## Leave-one-device-out", ""]
+    lines += _ape_table("group", {"all": lodo["overall"], **lodo["by_platform_unit"], **lodo["by_family"]},
+                        {"all": before.get("lodo_overall"), **(before.get("lodo_by_platform_unit") or {})}
+                        if before.get("lodo_overall") else None)
+    lines += ["", "## Band coverage (claimed = measured nested coverage; target 80 %)", "",
+              "| family | rows | LOMO claimed | LOMO measured | LODO claimed | LODO measured |",
+              "|---|---|---|---|---|---|"]
+    lomo_cov = cal["band"]["nested_loo_coverage"]
+    lodo_cov = lodo["band"]["nested_lodo_coverage"]
+    for fam, e in lomo_cov["by_family"].items():
+        d = lodo_cov["by_family"].get(fam, {})
+        lines.append(f"| {fam} | {e['n']} | {_pct(e['claimed'])} | {_pct(e['measured'])} | {_pct(d.get('claimed'))} | "
+                     f"{_pct(d.get('measured'))} |")
+    lines.append(f"| **all (row-weighted)** | {lomo_cov['n']} | {_pct(lomo_cov['claimed_mean'])} | "
+                 f"{_pct(lomo_cov['measured'])} | {_pct(lodo_cov['claimed_mean'])} | {_pct(lodo_cov['measured'])} |")
+    host = doc.get("host")
+    if host:
+        lines += ["", f"## This host as a profile (MdAPE {_pct(host['mdape'])}, "
+                      f"inside band {_pct(host['inside_band'])})", "",
+                  "| model | format | precision | estimate ms | band ms | measured median ms |",
+                  "|---|---|---|---|---|---|"]
+        for r in host["results"]:
+            if "ape" in r:
+                lines.append(f"| {r['model']} | {r['format']} | {r['precision']} | {r['estimate_ms']:.2f} | "
+                             f"{r['band_ms'][0]:.1f}–{r['band_ms'][1]:.1f} | {r['median_ms']:.2f} |")
+            else:
+                lines.append(f"| {r['model']} | {r['format']} | {r['precision']} | "
+                             f"error: {r.get('error', '')[:80]} | | |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -215,14 +300,20 @@ def main() -> None:
                     help="an earlier estimate.json whose calibration numbers are recorded as 'before'")
     ap.add_argument("--baseline-label", default="", help="where the baseline came from (e.g. a git ref)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "estimate.json")
+    ap.add_argument("--render-only", action="store_true", help="rewrite results/estimate.md from results/estimate.json")
     args = ap.parse_args()
+    if args.render_only:
+        print(f"wrote {rewrite_markdown('estimate', _markdown)}")
+        return
     doc: dict[str, Any] = {
         "command": "nice -n 10 .venv/bin/python benchmarks/estimate_bench.py " + " ".join(sys.argv[1:]),
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "toolchain": toolchain_versions(),
         "calibration_loo": calibration_section(),
     }
-    print(json.dumps(doc["calibration_loo"]["overall"]), json.dumps(doc["calibration_loo"]["band"]["nested_loo_coverage"]["measured"]))
+    cal = doc["calibration_loo"]
+    print(json.dumps(cal["overall"]), json.dumps(cal["band"]["nested_loo_coverage"]["measured"]),
+          json.dumps(cal["leave_one_device_out"]["overall"]))
     if args.baseline is not None:
         base = json.loads(args.baseline.read_text())
         doc["before"] = {"label": args.baseline_label, "date_utc": base.get("date_utc"), "command": base.get("command"),
@@ -231,7 +322,7 @@ def main() -> None:
     if not args.skip_host:
         doc["host"] = host_section(args.threads, args.iters, [p for p in args.precisions.split(",") if p])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out, doc)
+    write_json_and_markdown(args.out, doc, _markdown)
     print(f"wrote {args.out}")
 
 

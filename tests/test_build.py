@@ -276,7 +276,10 @@ def test_a_calibration_stored_after_a_build_prices_the_next_one_and_a_stale_one_
     assert second.exported == 0
     (own,) = second.estimates
     assert not own.cached  # a new calibration invalidates the cached estimate
-    assert own.estimate.ms > 1.5 * shipped.estimate.ms
+    # One report against PSEUDO_REPORTS = 1 pseudo-report of prior: when the fixed and per-op costs
+    # dominate (a tiny MLP), the ridge refit moves log latency by (a² + b²) / (a² + b² + 1) of the
+    # log gap, a + b = 1 being their shares of the estimate: at least 1/3 of log 3 (both equal).
+    assert own.estimate.ms >= 3 ** (1 / 3) * 0.99 * shipped.estimate.ms
     assert own.estimate.calibration["device"] == "pixel-8" and own.estimate.calibration["store"] == str(res.path)
     doc = json.loads((second.out / "build.json").read_text())
     assert doc["estimates"][0]["calibration"]["reports"] == 1

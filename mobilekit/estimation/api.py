@@ -35,8 +35,9 @@ logger = logging.getLogger(__name__)
 UNITS = ("cpu", "gpu", "npu")
 # bumped when estimates of the same model and recipe change (cached estimates are keyed by it):
 # 2 = per-op precision, per-group leave-one-model-out bands; 3 = a mixed artifact priced layer by layer
-# (its layers matched by weight size), not by the op-count majority of each kind
-ESTIMATOR_REVISION = 3
+# (its layers matched by weight size), not by the op-count majority of each kind; 4 = a matmul-FLOP factor
+# per family, a factor per calibration phone x unit, leave-one-device-out bands for other phones
+ESTIMATOR_REVISION = 4
 # delegate named in a recipe -> compute unit it runs on
 # export format -> runtime format of the calibration set (whose factor applies)
 _FORMAT_OF = {"executorch": "executorch", "coreml": "coreml", "tflite": "tflite", "onnx": "onnx", "qnn": "qnn"}
@@ -234,14 +235,14 @@ class _Priced:
     main_key: str
     params: FamilyParams        # the shipped fit's params for this family (efficiency 1 on a measured host)
     cpu_params: FamilyParams
-    factor: float               # the shipped format factor
+    factor: float               # the shipped format factor x the phone's device factor (1 off the calibration set)
     art_counts: dict[str, dict[str, int]] | None
     precision_from: str = "recipe table"  # else the artifact reader's source (precision.artifact_overrides)
 
 
 def _price(cost: GraphCost, t: Any, tname: str, fmt: str | None, prec: str, unit: str,
            artifact: str | Path | None = None) -> _Priced:
-    from mobilekit.estimation.fit import fitted_params, params_for
+    from mobilekit.estimation.fit import device_unit_key, fitted_params, params_for
 
     ops = OpArrays.from_rows([o.to_row() for o in cost.ops])
     overrides, art_counts, precision_from = artifact_overrides(artifact, fmt, op_float_precision(prec, unit, fmt))
@@ -272,6 +273,8 @@ def _price(cost: GraphCost, t: Any, tname: str, fmt: str | None, prec: str, unit
         # a measured peak and bandwidth are already achieved rates: efficiency 1 against them
         params = replace(params, eff_compute=1.0, eff_memory=1.0)
     factor = cal.format_factor.get(_FORMAT_OF.get(fmt or "", fmt or ""), 1.0)
+    # a phone of the calibration set carries its own fitted factor (1 for every other phone)
+    factor *= cal.device_factor.get(device_unit_key(tname, unit), 1.0)
     return _Priced(ops=ops, op_plan=op_plan, spec=spec, platform=platform, peak=peak, main_key=main_key,
                    params=params, cpu_params=params_for(cal, platform, "cpu", "fp32"), factor=factor,
                    art_counts=art_counts, precision_from=precision_from)
@@ -299,7 +302,10 @@ def _from_cost(cost: GraphCost, t: Any, tname: str, model_name: str, fmt: str | 
                device_cal: DeviceCalibration | None = None) -> LatencyEstimate:
     p = _price(cost, t, tname, fmt, prec, unit, artifact)
     ops, op_plan, spec, platform, factor, params = p.ops, p.op_plan, p.spec, p.platform, p.factor, p.params
-    band = band_for(platform, unit, prec)
+    from mobilekit.estimation.fit import device_unit_key, fitted_params
+
+    # a phone outside the calibration set gets the band measured leave-one-device-out
+    band = band_for(platform, unit, prec, seen_device=device_unit_key(tname, unit) in fitted_params().device_factor)
     fam = device_cal.lookup(unit, prec) if device_cal is not None else None
     calibration: dict[str, Any] | None = None
     notes: list[str] = []

@@ -215,12 +215,18 @@ def nested_coverage(families: Sequence[str], archs: Sequence[str], measured: Seq
             "by_family": by_fam}
 
 
+# Key of the band table built from leave-one-device-out residuals (nested by phone), for phones
+# outside the calibration set: their error includes what a device factor would have absorbed.
+UNSEEN_DEVICE_KEY = "bands_unseen_device"
+
+
 @functools.cache
-def shipped_table() -> dict[str, dict[str, Any]]:
-    """The band table stored in the shipped leave-one-out file (empty when missing)."""
+def shipped_table(key: str = "bands") -> dict[str, dict[str, Any]]:
+    """A band table stored in the shipped leave-one-out file (empty when missing): ``"bands"``
+    (leave-one-model-out) or ``UNSEEN_DEVICE_KEY``."""
     if not LOO_PATH.is_file():
         return {}
-    return dict(json.loads(LOO_PATH.read_text()).get("bands", {}))
+    return dict(json.loads(LOO_PATH.read_text()).get(key, {}))
 
 
 def _band(key: str, e: dict[str, Any], reason: str | None = None) -> Band:
@@ -229,10 +235,13 @@ def _band(key: str, e: dict[str, Any], reason: str | None = None) -> Band:
                 measured=bool(e["measured"]) and reason is None, reason=reason or e.get("reason"))
 
 
-def band_for(platform: str, unit: str, precision: str) -> Band:
+def band_for(platform: str, unit: str, precision: str, *, seen_device: bool = True) -> Band:
     """The shipped band of a family; a borrowed, widened one (with its reason) when it has no rows:
-    from the family of its float precision if that is measured, else the nearest measured group."""
-    table = shipped_table()
+    from the family of its float precision if that is measured, else the nearest measured group.
+
+    ``seen_device=False`` (a phone outside the calibration set) reads the table built from
+    leave-one-device-out residuals, when one is shipped."""
+    table = (shipped_table(UNSEEN_DEVICE_KEY) or shipped_table()) if not seen_device else shipped_table()
     fam = family_key(platform, unit, precision)
     if fam in table:
         return _band(fam, table[fam])

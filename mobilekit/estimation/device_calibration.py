@@ -337,8 +337,10 @@ def device_of_reports(sources: Sequence[str | Path | LatencyReport], device: str
 # ------------------------------------------------------------------------------------------ fitting
 
 def _theta(p: FamilyParams) -> np.ndarray:
-    """Log params in ``calibrate._fit_one``'s order: eff_compute, eff_memory, overhead_us, fixed_ms, dw_factor."""
-    return np.log([p.eff_compute, p.eff_memory, p.overhead_us, p.fixed_ms, p.dw_factor])
+    """Log params in ``fit._fit_one``'s order (``fit.log_params``)."""
+    from mobilekit.estimation.fit import log_params
+
+    return log_params(p)
 
 
 def _bounds(shipped: FamilyParams, priced: list[Any], measured: list[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -351,9 +353,10 @@ def _bounds(shipped: FamilyParams, priced: list[Any], measured: list[float]) -> 
     # low, so that much stays allowed. A depthwise FLOP is no cheaper than a dense one. No fixed cost can
     # exceed the fastest whole inference measured, nor a per-op cost that inference's share per op, even
     # when the shipped fit (made on other phones) says more.
-    lo = np.minimum(np.log([1e-3, 1e-3, 1e-3, 1e-5, 1.0]), t0)
+    # A matmul FLOP may cost from a quarter to 4x what the shipped fit says.
+    lo = np.minimum(np.log([1e-3, 1e-3, 1e-3, 1e-5, 1.0, 0.25 * shipped.mm_factor]), t0)
     hi = np.log([max(1.0, shipped.eff_compute), max(1.0, shipped.eff_memory), per_op * 1e3, fastest,
-                 4.0 * shipped.dw_factor])
+                 4.0 * shipped.dw_factor, 4.0 * shipped.mm_factor])
     lo = np.minimum(lo, hi - 1e-6)
     return lo, np.maximum(hi, lo + 1e-6)
 

@@ -11,9 +11,11 @@ Every op of a row is priced at the precision it runs at in that row's runtime
 model keeps its norms in fp32, a QNN one does not.
 
 ``fit`` fits, per family (platform, unit, precision), the compute efficiency, memory
-efficiency and per-op overhead of ``model.py`` by least squares on log latency, shrunk toward
-the unit-wide fit (and that toward a loose prior) so a family with three rows stays sane.
-``leave_one_model_out`` refits without each architecture in turn and predicts it.
+efficiency, per-op and per-inference costs and the depthwise and matmul factors of ``model.py``
+by least squares on log latency, shrunk toward the unit-wide fit (and that toward a loose prior)
+so a family with three rows stays sane; then a factor per runtime format and one per
+calibration phone × unit. ``leave_one_model_out`` refits without each architecture in turn and
+predicts it; ``leave_one_device_out`` does the same per phone.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import logging
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +46,13 @@ FEATURES_PATH = Path(__file__).with_name("calibration_features.json")
 CALIBRATION_CSV = Path(__file__).parent / "data" / "device_latency_calibration.csv"
 FEATURES_VERSION = 1
 # Loose prior every fit is shrunk toward: log of eff_compute, eff_memory, overhead (µs/op),
-# fixed cost (ms/inference), depthwise factor.
-_PRIOR = np.array([math.log(0.3), math.log(0.5), math.log(20.0), math.log(0.1), math.log(3.0)])
+# fixed cost (ms/inference), depthwise factor, matmul factor.
+_PRIOR = np.array([math.log(0.3), math.log(0.5), math.log(20.0), math.log(0.1), math.log(3.0), 0.0])
+N_PARAMS = len(_PRIOR)
 _LAMBDA_UNIT = 0.05      # weight of the prior on a unit-wide fit
 _LAMBDA_FAMILY = 0.05    # weight of the unit-wide fit on a family fit
 _FORMAT_SHRINK = 5.0     # pseudo-rows pulling a format's log factor toward 0
+_DEVICE_SHRINK = 5.0     # pseudo-rows pulling a device x unit log factor toward 0 (1 row moves it 1/6 of the way)
 
 _ARCH_RULES: list[tuple[str, str | None]] = [
     (r"^FastViT-T8", "fastvit-t8@256"), (r"^FastViT-T12", "fastvit-t12@256"), (r"^FastViT-SA36", "fastvit-sa36@256"),
@@ -107,6 +111,22 @@ class CalibRow:
         """The runtime's format: ``tflite``, ``onnx``, ``qnn``, ``executorch`` or ``coreml``."""
         return runtime_format(self.runtime)
 
+    @property
+    def device_unit(self) -> str:
+        """``"<profile name>/<unit>"``, the key of ``Calibration.device_factor`` (phones sharing a
+        profile's SoC share its key)."""
+        return device_unit_key(_profile_name(self.device), self.unit)
+
+
+@functools.cache
+def _profile_name(device: str) -> str:
+    return spec_for(device).name
+
+
+def device_unit_key(profile: str, unit: str) -> str:
+    """Key of ``Calibration.device_factor``: ``"pixel-4/cpu"`` (``cpu1`` shares ``cpu``)."""
+    return f"{profile}/{'cpu' if unit == 'cpu1' else unit}"
+
 
 def runtime_format(runtime: str) -> str:
     """Map the CSV's runtime text to a format name."""
@@ -124,15 +144,20 @@ def runtime_format(runtime: str) -> str:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Everything fitted: per-family roofline params and a latency factor per runtime format.
+    """Everything fitted: per-family roofline params, a latency factor per runtime format and one
+    per calibration phone and unit.
 
     Attributes:
         families: ``{family key or "*/<unit>/*": FamilyParams}``.
         format_factor: ``{format: multiplier}`` applied to a whole-model estimate.
+        device_factor: ``{"<profile>/<unit>": multiplier}`` for the phones of the calibration set
+            (what one phone's clocks, thermals and driver do that its paper specs don't say);
+            other phones get 1.
     """
 
     families: dict[str, FamilyParams]
     format_factor: dict[str, float]
+    device_factor: dict[str, float] = field(default_factory=dict)
 
 
 def _arch_of(model: str, variant: str) -> str | None:
@@ -196,6 +221,12 @@ def parse_rows(csv_path: str | Path) -> tuple[list[CalibRow], list[dict[str, str
             arch = _arch_of(r["model"], r["variant"])
             if arch is None:
                 skipped.append({**r, "reason": "no architecture definition"})
+                continue
+            if "caution" in r.get("stat", "").lower():
+                # the CSV flags numbers that are not comparable (e.g. react-native-executorch's
+                # 0.7.x docs, which time pre/post-processing too: 3.5-13x the 0.9.x forward-only
+                # numbers of the same model on the same iPhone 17 Pro)
+                skipped.append({**r, "reason": f"flagged in the CSV's stat column: {r['stat']}"})
                 continue
             precision = _precision_of(r["precision"], r["runtime"])
             unit = _unit_of(r["compute_unit"], r["runtime"], precision)
@@ -278,6 +309,7 @@ class _Prepared:
     bw: np.ndarray           # per op: GB/s of the row's device
     free: np.ndarray         # per op: integer-only
     dw: np.ndarray           # per op: depthwise conv
+    mm: np.ndarray           # per op: matmul or attention
     fused: np.ndarray        # per op: elementwise, fused into its producer (no per-op overhead)
     row_of_op: np.ndarray
     n_rows: int
@@ -307,9 +339,10 @@ def prepare_priced(priced: list[tuple[OpArrays, np.ndarray, np.ndarray, float]],
     """Rows already priced (ops, per-op bytes and peak from ``precision.plan``, bandwidth GB/s) and their
     measured latency (ms), as the flat arrays ``_fit_one`` fits: the published rows here, the user's own
     reports in ``device_calibration``."""
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("flops", "byts", "peak", "bw", "free", "dw", "fused",
-                                                          "row")}
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("flops", "byts", "peak", "bw", "free", "dw", "mm",
+                                                          "fused", "row")}
     dw_kind = KINDS.index("dwconv")
+    mm_kinds = [KINDS.index("matmul"), KINDS.index("attention")]
     for i, (ops, byts, peak, bw) in enumerate(priced):
         n = len(ops.flops)
         parts["flops"].append(ops.flops)
@@ -318,18 +351,19 @@ def prepare_priced(priced: list[tuple[OpArrays, np.ndarray, np.ndarray, float]],
         parts["bw"].append(np.full(n, bw))
         parts["free"].append(ops.int_only)
         parts["dw"].append(ops.kind == dw_kind)
+        parts["mm"].append(np.isin(ops.kind, mm_kinds))
         parts["fused"].append(ops.fused())
         parts["row"].append(np.full(n, i))
     cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
     return _Prepared(flops=cat["flops"], byts=cat["byts"], peak=cat["peak"], bw=cat["bw"], free=cat["free"].astype(bool),
-                     dw=cat["dw"].astype(bool), fused=cat["fused"].astype(bool),
+                     dw=cat["dw"].astype(bool), mm=cat["mm"].astype(bool), fused=cat["fused"].astype(bool),
                      row_of_op=cat["row"].astype(int), n_rows=len(priced),
                      y=np.log(np.asarray(latency_ms, dtype=float)))
 
 
 def _predict_log(prep: _Prepared, theta: np.ndarray, op_mask: np.ndarray) -> np.ndarray:
-    ec, em, o, c0, dw = np.exp(theta)
-    flops = prep.flops[op_mask] * np.where(prep.dw[op_mask], dw, 1.0)
+    ec, em, o, c0, dw, mm = np.exp(theta)
+    flops = prep.flops[op_mask] * np.where(prep.dw[op_mask], dw, np.where(prep.mm[op_mask], mm, 1.0))
     t = np.maximum(flops / (prep.peak[op_mask] * ec), prep.byts[op_mask] / (prep.bw[op_mask] * em))
     t = t * 1e-6 + np.where(prep.fused[op_mask], 0.0, o * 1e-3)  # flops / GOP/s * 1e-6 = ms
     t = np.where(prep.free[op_mask], 0.0, t)
@@ -340,7 +374,7 @@ def _predict_log(prep: _Prepared, theta: np.ndarray, op_mask: np.ndarray) -> np.
 def _fit_one(prep: _Prepared, row_idx: np.ndarray, prior: np.ndarray, lam: float,
              offset: np.ndarray | None = None,
              bounds: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """Least squares on log latency of the rows ``row_idx`` for the five log params, pulled toward
+    """Least squares on log latency of the rows ``row_idx`` for the ``N_PARAMS`` log params, pulled toward
     ``prior`` with weight ``lam`` (in rows), within ``bounds`` (log; default none)."""
     from scipy.optimize import least_squares
 
@@ -348,6 +382,7 @@ def _fit_one(prep: _Prepared, row_idx: np.ndarray, prior: np.ndarray, lam: float
     # slice once: the objective runs ~100 times
     flops, byts = prep.flops[op_mask], prep.byts[op_mask]
     peak, bw, free, dw = prep.peak[op_mask], prep.bw[op_mask], prep.free[op_mask], prep.dw[op_mask]
+    mm = prep.mm[op_mask]
     unfused = ~prep.fused[op_mask]
     _, local = np.unique(prep.row_of_op[op_mask], return_inverse=True)
     n_local = int(local.max()) + 1 if local.size else 0
@@ -358,8 +393,9 @@ def _fit_one(prep: _Prepared, row_idx: np.ndarray, prior: np.ndarray, lam: float
     inv[order] = np.arange(order.size)
 
     def resid(theta: np.ndarray) -> np.ndarray:
-        ec, em, o, c0, d = np.exp(theta)
-        t = np.maximum(np.where(dw, flops * d, flops) / (peak * ec), byts / (bw * em)) * 1e-6 + unfused * (o * 1e-3)
+        ec, em, o, c0, d, m = np.exp(theta)
+        t = np.maximum(flops * np.where(dw, d, np.where(mm, m, 1.0)) / (peak * ec), byts / (bw * em))
+        t = t * 1e-6 + unfused * (o * 1e-3)
         t = np.where(free, 0.0, t)
         total = np.bincount(local, weights=t, minlength=n_local) + c0
         pred = np.log(np.maximum(total, 1e-9))[inv]
@@ -373,10 +409,13 @@ def _fit_one(prep: _Prepared, row_idx: np.ndarray, prior: np.ndarray, lam: float
 
 def fit(rows: list[CalibRow], archs: dict[str, Any], prep: _Prepared | None = None,
         use: np.ndarray | None = None) -> Calibration:
-    """Fit FamilyParams for every unit (``"*/<unit>/*"``) and family seen in ``rows``, and a factor per format.
+    """Fit FamilyParams for every unit (``"*/<unit>/*"``) and family seen in ``rows``, a factor per
+    format and one per phone and unit.
 
     Families are fitted first; then each format's mean log residual (shrunk toward 0) becomes
-    its factor; then the families are refitted with the factors taken out.
+    its factor, then each phone × unit's mean log residual after the format factors (shrunk
+    toward 0 by ``_DEVICE_SHRINK`` pseudo-rows) its factor; then the families are refitted
+    with both factors taken out.
 
     Args:
         rows: calibration rows.
@@ -389,19 +428,27 @@ def fit(rows: list[CalibRow], archs: dict[str, Any], prep: _Prepared | None = No
     """
     prep = prep or _prepare(rows, archs)
     use = np.ones(len(rows), dtype=bool) if use is None else use
-    offset = np.zeros(len(rows))
+    off_fmt, off_dev = np.zeros(len(rows)), np.zeros(len(rows))
     factors: dict[str, float] = {}
+    dev_factors: dict[str, float] = {}
     families: dict[str, FamilyParams] = {}
     for _round in range(2):
-        families = _fit_families(rows, prep, use, offset)
-        cal = Calibration(families, {})
-        log_res = prep.y - np.log(predict_rows(rows, prep, cal, use))
-        factors = {}
-        for fmt in sorted({r.format for r in rows}):
-            idx = [i for i, r in enumerate(rows) if use[i] and r.format == fmt]
-            factors[fmt] = float(math.exp(log_res[idx].sum() / (len(idx) + _FORMAT_SHRINK))) if idx else 1.0
-        offset = np.array([math.log(factors.get(r.format, 1.0)) for r in rows])
-    return Calibration(families, factors)
+        families = _fit_families(rows, prep, use, off_fmt + off_dev)
+        base = np.log(predict_rows(rows, prep, Calibration(families, {}), use))
+        factors = _shrunk_factors([r.format for r in rows], prep.y - base - off_dev, use, _FORMAT_SHRINK)
+        off_fmt = np.array([math.log(factors.get(r.format, 1.0)) for r in rows])
+        dev_factors = _shrunk_factors([r.device_unit for r in rows], prep.y - base - off_fmt, use, _DEVICE_SHRINK)
+        off_dev = np.array([math.log(dev_factors.get(r.device_unit, 1.0)) for r in rows])
+    return Calibration(families, factors, dev_factors)
+
+
+def _shrunk_factors(keys: list[str], log_res: np.ndarray, use: np.ndarray, shrink: float) -> dict[str, float]:
+    """Per key, exp(mean log residual of its used rows), the mean shrunk toward 0 by ``shrink`` pseudo-rows."""
+    out = {}
+    for key in sorted({k for k, u in zip(keys, use) if u}):
+        idx = [i for i, k in enumerate(keys) if use[i] and k == key]
+        out[key] = float(math.exp(log_res[idx].sum() / (len(idx) + shrink)))
+    return out
 
 
 def _fit_families(rows: list[CalibRow], prep: _Prepared, use: np.ndarray, offset: np.ndarray) -> dict[str, FamilyParams]:
@@ -418,8 +465,14 @@ def _fit_families(rows: list[CalibRow], prep: _Prepared, use: np.ndarray, offset
 
 
 def _params(theta: np.ndarray, n: int, key: str) -> FamilyParams:
-    ec, em, o, c0, dw = (float(v) for v in np.exp(theta))
-    return FamilyParams(eff_compute=ec, eff_memory=em, overhead_us=o, fixed_ms=c0, dw_factor=dw, n=n, key=key)
+    ec, em, o, c0, dw, mm = (float(v) for v in np.exp(theta))
+    return FamilyParams(eff_compute=ec, eff_memory=em, overhead_us=o, fixed_ms=c0, dw_factor=dw, mm_factor=mm,
+                        n=n, key=key)
+
+
+def log_params(p: FamilyParams) -> np.ndarray:
+    """Log params in ``_fit_one``'s order: eff_compute, eff_memory, overhead_us, fixed_ms, dw_factor, mm_factor."""
+    return np.log([p.eff_compute, p.eff_memory, p.overhead_us, p.fixed_ms, p.dw_factor, p.mm_factor])
 
 
 def params_for(cal: Calibration, platform: str, unit: str, precision: str) -> FamilyParams:
@@ -441,16 +494,17 @@ def params_for(cal: Calibration, platform: str, unit: str, precision: str) -> Fa
 
 def predict_rows(rows: list[CalibRow], prep: _Prepared, cal: Calibration, which: np.ndarray) -> np.ndarray:
     """Predicted latency (ms) of the rows selected by the boolean mask ``which`` (NaN elsewhere)."""
-    theta = np.zeros((len(rows), 5))
+    theta = np.zeros((len(rows), N_PARAMS))
     factor = np.ones(len(rows))
     for i, r in enumerate(rows):
         p = params_for(cal, r.platform, r.unit, r.precision)
-        theta[i] = np.log([p.eff_compute, p.eff_memory, p.overhead_us, p.fixed_ms, p.dw_factor])
-        factor[i] = cal.format_factor.get(r.format, 1.0)
+        theta[i] = log_params(p)
+        factor[i] = cal.format_factor.get(r.format, 1.0) * cal.device_factor.get(r.device_unit, 1.0)
     op_mask = which[prep.row_of_op]
     th = np.exp(theta)
     per_op = th[prep.row_of_op[op_mask]]
-    flops = prep.flops[op_mask] * np.where(prep.dw[op_mask], per_op[:, 4], 1.0)
+    flops = prep.flops[op_mask] * np.where(prep.dw[op_mask], per_op[:, 4],
+                                           np.where(prep.mm[op_mask], per_op[:, 5], 1.0))
     t = np.maximum(flops / (prep.peak[op_mask] * per_op[:, 0]), prep.byts[op_mask] / (prep.bw[op_mask] * per_op[:, 1]))
     t = np.where(prep.free[op_mask], 0.0, t * 1e-6 + np.where(prep.fused[op_mask], 0.0, per_op[:, 2] * 1e-3))
     total = np.bincount(prep.row_of_op[op_mask], weights=t, minlength=len(rows)) + th[:, 3]
@@ -464,13 +518,35 @@ def leave_one_model_out(rows: list[CalibRow], archs: dict[str, Any], *,
     Returns:
         Predicted latency (ms) per row, in ``rows`` order.
     """
+    return _leave_one_group_out(rows, archs, [r.arch for r in rows], on_progress)
+
+
+def leave_one_device_out(rows: list[CalibRow], archs: dict[str, Any], *,
+                         on_progress: Callable[[str, int, int], None] | None = None) -> np.ndarray:
+    """Predict every row from a fit that never saw its phone (phones sharing a profile's SoC are
+    held out together, so a held-out phone gets no device factor): how the estimator does on a
+    phone outside the calibration set.
+
+    Returns:
+        Predicted latency (ms) per row, in ``rows`` order.
+    """
+    return _leave_one_group_out(rows, archs, [device_group(r) for r in rows], on_progress)
+
+
+def device_group(row: CalibRow) -> str:
+    """The leave-one-device-out group of a row: the profile its phone maps to."""
+    return _profile_name(row.device)
+
+
+def _leave_one_group_out(rows: list[CalibRow], archs: dict[str, Any], group_of: list[str],
+                         on_progress: Callable[[str, int, int], None] | None) -> np.ndarray:
     prep = _prepare(rows, archs)
-    groups = sorted({r.arch for r in rows})
+    groups = sorted(set(group_of))
     pred = np.full(len(rows), np.nan)
-    for k, arch in enumerate(groups):
+    for k, group in enumerate(groups):
         if on_progress:
-            on_progress(arch, k, len(groups))
-        held = np.array([r.arch == arch for r in rows])
+            on_progress(group, k, len(groups))
+        held = np.array([g == group for g in group_of])
         fitted = fit(rows, archs, prep, use=~held)
         pred[held] = predict_rows(rows, prep, fitted, held)[held]
     return pred
@@ -486,34 +562,47 @@ def fitted_params() -> Calibration:
         shipped = json.loads(LOO_PATH.read_text()).get("fit")
         if shipped:
             return Calibration({k: FamilyParams.from_dict(v) for k, v in shipped["families"].items()},
-                               {k: float(v) for k, v in shipped["format_factor"].items()})
+                               {k: float(v) for k, v in shipped["format_factor"].items()},
+                               {k: float(v) for k, v in shipped.get("device_factor", {}).items()})
     doc = load_features()
     return fit(rows_of(doc), doc["archs"])
 
 
 def build_loo(out_path: str | Path | None = None, *,
               on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
-    """Run leave-one-model-out on the shipped features and write ``calibration_loo.json`` atomically.
+    """Run leave-one-model-out and leave-one-device-out on the shipped features and write
+    ``calibration_loo.json`` atomically.
 
-    The file holds, per calibration row, the measured and the held-out predicted latency, the
-    per-group band table built from them (``bands.build_table``; ``band_for`` reads it), and the
-    fit on all rows (which ``fitted_params`` loads, so estimating needs neither scipy nor a refit).
+    The file holds, per calibration row, the measured and the held-out predicted latency (both
+    ways), the per-group band table built from the leave-one-model-out residuals
+    (``bands.build_table``; ``band_for`` reads it), and the fit on all rows (which
+    ``fitted_params`` loads, so estimating needs neither scipy nor a refit).
     """
     from mobilekit._io import write_json_atomic
-    from mobilekit.estimation.bands import LOO_PATH, build_table, nested_coverage
+    from mobilekit.estimation.bands import LOO_PATH, UNSEEN_DEVICE_KEY, build_table, nested_coverage
 
     doc = load_features()
     rows = rows_of(doc)
     pred = leave_one_model_out(rows, doc["archs"], on_progress=on_progress)
+    pred_dev = leave_one_device_out(rows, doc["archs"], on_progress=on_progress)
     cols = ([r.family for r in rows], [r.arch for r in rows], [r.latency_ms for r in rows], list(pred))
     table = build_table(*cols)
+    # for phones outside the calibration set: leave-one-device-out residuals, nested by phone
+    cols_dev = ([r.family for r in rows], [device_group(r) for r in rows], [r.latency_ms for r in rows],
+                list(pred_dev))
+    table_dev = build_table(*cols_dev)
     full = fit(rows, doc["archs"])
-    out = {"version": FEATURES_VERSION, "method": "leave-one-model-out (grouped by architecture)",
+    out = {"version": FEATURES_VERSION,
+           "method": "leave-one-model-out (grouped by architecture); predicted_lodo_ms: leave-one-device-out "
+                     "(grouped by the profile a phone maps to)",
            "fit": {"families": {k: v.to_dict() for k, v in full.families.items()},
-                   "format_factor": full.format_factor},
+                   "format_factor": full.format_factor, "device_factor": full.device_factor},
            "bands": table, "nested_coverage": nested_coverage(*cols, table=table),
+           UNSEEN_DEVICE_KEY: table_dev,
+           "nested_coverage_unseen_device": nested_coverage(*cols_dev, table=table_dev),
            "rows": [{"arch": r.arch, "device": r.device, "family": r.family, "runtime": r.runtime,
-                     "measured_ms": r.latency_ms, "predicted_ms": float(p)} for r, p in zip(rows, pred)]}
+                     "measured_ms": r.latency_ms, "predicted_ms": float(p), "predicted_lodo_ms": float(q)}
+                    for r, p, q in zip(rows, pred, pred_dev)]}
     write_json_atomic(Path(out_path) if out_path else LOO_PATH, out)
     return out
 

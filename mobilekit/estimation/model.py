@@ -7,8 +7,9 @@ arithmetic precision) and DRAM bandwidth ``W`` (GB/s)::
     T = Σ t + c                                             (one inference)
 
 ``e_c`` (compute efficiency), ``e_m`` (memory efficiency), ``o`` (per-op overhead, µs),
-``c`` (fixed cost per inference, ms) and ``d`` (how many times dearer a depthwise-conv FLOP
-is than a dense one; 1 for other ops) are fitted per family (platform, compute unit,
+``c`` (fixed cost per inference, ms) and ``d`` (how many times dearer a FLOP of this op class
+is than a dense-conv FLOP: ``dw_factor`` for depthwise convs, ``mm_factor`` for matmuls and
+attention, 1 for other ops) are fitted per family (platform, compute unit,
 precision) on the calibration set (``fit.py``). Ops the unit's delegate does not take (``other`` ops such as sort, topk,
 nonzero, gather-by-index) run on the CPU at its fp32 rate, and each switch between the
 accelerator and the CPU costs ``TRANSITION_MS``. Integer-only index math is free: exporters
@@ -42,7 +43,10 @@ class FamilyParams:
         eff_memory: achieved share of DRAM bandwidth on memory-bound ops (0-1+).
         overhead_us: fixed cost per op (µs): dispatch, sync, small-kernel inefficiency.
         fixed_ms: fixed cost per inference (ms): invocation, input/output copies.
-        dw_factor: cost multiplier of a depthwise-conv FLOP relative to a dense one.
+        dw_factor: cost multiplier of a depthwise-conv FLOP relative to a dense-conv one.
+        mm_factor: cost multiplier of a matmul/attention FLOP relative to a dense-conv one
+            (NPUs are built around convolution; leave-one-model-out showed transformers running
+            slower than their FLOPs say there, conv nets faster).
         n: calibration rows the family was fitted on (0 = prior only).
         key: the family the numbers were fitted on (after backing off to a broader one).
     """
@@ -52,20 +56,23 @@ class FamilyParams:
     overhead_us: float
     fixed_ms: float = 0.0
     dw_factor: float = 1.0
+    mm_factor: float = 1.0
     n: int = 0
     key: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
         return {"eff_compute": self.eff_compute, "eff_memory": self.eff_memory, "overhead_us": self.overhead_us,
-                "fixed_ms": self.fixed_ms, "dw_factor": self.dw_factor, "n": self.n, "key": self.key}
+                "fixed_ms": self.fixed_ms, "dw_factor": self.dw_factor, "mm_factor": self.mm_factor, "n": self.n,
+                "key": self.key}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FamilyParams:
         """Inverse of ``to_dict``."""
         return cls(eff_compute=float(d["eff_compute"]), eff_memory=float(d["eff_memory"]),
                    overhead_us=float(d["overhead_us"]), fixed_ms=float(d.get("fixed_ms", 0.0)),
-                   dw_factor=float(d.get("dw_factor", 1.0)), n=int(d.get("n", 0)), key=str(d.get("key", "")))
+                   dw_factor=float(d.get("dw_factor", 1.0)), mm_factor=float(d.get("mm_factor", 1.0)),
+                   n=int(d.get("n", 0)), key=str(d.get("key", "")))
 
 
 def family_key(platform: str, unit: str, precision: str) -> str:
@@ -113,6 +120,16 @@ class OpArrays:
         return ~fallback
 
 
+_MM_KINDS = (_KIND_INDEX["matmul"], _KIND_INDEX["attention"])
+
+
+def class_multiplier(kind: np.ndarray, dw_factor: float | np.ndarray,
+                     mm_factor: float | np.ndarray) -> np.ndarray:
+    """Per-op FLOP cost multiplier of its op class (depthwise conv, matmul/attention, else 1);
+    the factors may be scalars or one per op."""
+    return np.where(kind == _KIND_INDEX["dwconv"], dw_factor, np.where(np.isin(kind, _MM_KINDS), mm_factor, 1.0))
+
+
 def op_times_ms(ops: OpArrays, *, precision: str, peak_gops: float | np.ndarray, bandwidth_gbps: float,
                 params: FamilyParams, op_bytes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Roofline time (ms) of every op on one unit, and whether each is compute-bound.
@@ -122,7 +139,7 @@ def op_times_ms(ops: OpArrays, *, precision: str, peak_gops: float | np.ndarray,
     moves at its own precision (default: every op at ``precision``).
     """
     byts = ops.bytes_at(precision) if op_bytes is None else op_bytes
-    mult = np.where(ops.kind == _KIND_INDEX["dwconv"], params.dw_factor, 1.0)
+    mult = class_multiplier(ops.kind, params.dw_factor, params.mm_factor)
     t_c = ops.flops * mult / (np.asarray(peak_gops, dtype=float) * 1e9 * params.eff_compute)
     t_m = byts / (bandwidth_gbps * 1e9 * params.eff_memory)
     t = np.maximum(t_c, t_m) * 1e3 + np.where(ops.fused(), 0.0, params.overhead_us * 1e-3)

@@ -193,6 +193,14 @@ def test_band_holds_calibration_points_at_its_claimed_rate_leave_one_model_out()
 
     fresh, used = fit(rows, doc["archs"]), fitted_params()
     assert fresh.format_factor == pytest.approx(used.format_factor, rel=1e-3)
+    assert fresh.device_factor == pytest.approx(used.device_factor, rel=1e-3)
+    # leave-one-device-out too (same 1e-3 reasoning), and a held-out phone gets no factor of its own
+    from mobilekit.estimation.fit import device_group, leave_one_device_out
+
+    pred_dev = leave_one_device_out(rows, doc["archs"])
+    assert np.allclose(pred_dev, [r["predicted_lodo_ms"] for r in shipped["rows"]], rtol=1e-3)
+    held = np.array([device_group(r) == "pixel-4" for r in rows])
+    assert "pixel-4/cpu" not in fit(rows, doc["archs"], use=~held).device_factor
     for key, params in fresh.families.items():
         assert params.eff_compute == pytest.approx(used.families[key].eff_compute, rel=1e-3), key
     # Each family's band claims the coverage measured leave-one-model-out; on these freshly refitted

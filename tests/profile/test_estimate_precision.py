@@ -98,13 +98,15 @@ def test_precision_table_follows_each_converter() -> None:
 
 
 def test_fit_and_estimate_price_ops_through_the_same_function() -> None:
-    """A calibration row (ExecuTorch XNNPACK int8, mixed int8/fp32 ops) predicted by the fit's
+    """A calibration row (ExecuTorch XNNPACK int8, mixed int8/fp32 ops; and a transformer on NPUs,
+    priced through the matmul factor and each phone's device factor) predicted by the fit's
     vectorised path and by estimate() on the same ops and phone gives the same milliseconds."""
     from mobilekit.estimation.fit import _prepare, fitted_params, load_features, predict_rows, rows_of
 
     doc = load_features()
-    rows = [r for r in rows_of(doc) if r.format == "executorch" and r.unit == "cpu" and r.precision == "int8-static"]
-    assert rows
+    rows = [r for r in rows_of(doc) if (r.format == "executorch" and r.unit == "cpu" and r.precision == "int8-static")
+            or (r.arch == "beit-base@224" and r.unit == "npu")]
+    assert rows and any(r.unit == "npu" for r in rows)
     prep = _prepare(rows, doc["archs"])
     fitted = predict_rows(rows, prep, fitted_params(), np.ones(len(rows), dtype=bool))
     seen: set[str] = set()
@@ -242,5 +244,18 @@ def test_estimates_carry_their_groups_band_and_say_when_it_is_borrowed() -> None
     from mobilekit.estimation.api import LatencyEstimate
 
     assert LatencyEstimate.from_dict(json.loads(json.dumps(e.to_dict()))) == e
+    # pixel-8 is not a calibration phone: its band is the one measured leave-one-device-out
+    unseen = band_for("android", "cpu", "fp32", seen_device=False)
+    assert unseen.measured
+    assert unseen.coverage == pytest.approx(doc["bands_unseen_device"]["android/cpu/fp32"]["coverage"])
     e32 = estimate(model, (torch.randn(1, 3, 32, 32),), target="pixel-8", precision="fp32", compute_unit="cpu")
-    assert e32.band_reason is None and e32.coverage == pytest.approx(fp32.coverage)
+    assert e32.band_reason is None and e32.coverage == pytest.approx(unseen.coverage)
+    assert e32.high_ms / e32.low_ms == pytest.approx(unseen.high_factor / unseen.low_factor)
+    # pixel-4 is one: its own fitted device factor and the leave-one-model-out band
+    from mobilekit.estimation.fit import fitted_params
+
+    assert fitted_params().device_factor["pixel-4/cpu"] != 1.0
+    e4 = estimate(model, (torch.randn(1, 3, 32, 32),), target="pixel-4", precision="fp32", compute_unit="cpu")
+    assert e4.coverage == pytest.approx(fp32.coverage)
+    assert e4.roofline["format_factor"] == pytest.approx(
+        fitted_params().format_factor["executorch"] * fitted_params().device_factor["pixel-4/cpu"])
