@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,28 @@ def copy_atomic(src: Path, dest: Path) -> Path:
         else:
             shutil.copy2(src, tmp)
     return Path(dest)
+
+
+def names_in_file(path: Path, names: Iterable[bytes], *, chunk: int = 1 << 24) -> set[bytes]:
+    """Which of ``names`` occur in the file at ``path``, read in ``chunk``-byte pieces.
+
+    A multi-GB artifact is never held whole: reading it into one bytes object (or mapping it,
+    which counts in RSS as its pages are touched) would add its size to the caller's peak memory,
+    just to look for a backend's name before a runtime child loads the file.
+    """
+    wanted = set(names)
+    overlap = max((len(n) for n in wanted), default=1) - 1  # a name split across two chunks is still found
+    found: set[bytes] = set()
+    tail = b""
+    with open(path, "rb") as fh:
+        while wanted - found:
+            piece = fh.read(chunk)
+            if not piece:
+                break
+            window = tail + piece
+            found.update(n for n in wanted - found if n in window)
+            tail = window[-overlap:] if overlap else b""
+    return found
 
 
 @contextlib.contextmanager

@@ -346,11 +346,12 @@ def profile(artifact: Any, target: str | None = None, *, warmup: int = 5, max_se
 
 def _mentions_apple_or_vendor_backend(path: Path) -> bool:
     """True when a .pte names a delegate other than XNNPACK (cheap byte scan, no ExecuTorch import)."""
+    from mobilekit._io import names_in_file
+
     try:
-        data = path.read_bytes()
+        return bool(names_in_file(path, (b"CoreMLBackend", b"MPSBackend", b"QnnBackend", b"VulkanBackend")))
     except OSError:
         return False
-    return any(name in data for name in (b"CoreMLBackend", b"MPSBackend", b"QnnBackend", b"VulkanBackend"))
 
 
 def _artifact_bytes(path: Path, size_of: Callable[[Path], int]) -> int:

@@ -174,9 +174,12 @@ def pte_needs_backend(path: Path) -> str | None:
     """Name of a delegate backend ``path`` uses that this host's ExecuTorch runtime lacks, or None."""
     from executorch.runtime import Runtime
 
-    data = Path(path).read_bytes()
+    from mobilekit._io import names_in_file
+
+    backends = ("CoreMLBackend", "MPSBackend", "QnnBackend", "VulkanBackend")
+    named = names_in_file(Path(path), [b.encode() for b in backends])  # scanned in chunks, never held whole
     registry = Runtime.get().backend_registry
-    for backend in ("CoreMLBackend", "MPSBackend", "QnnBackend", "VulkanBackend"):
-        if backend.encode() in data and not registry.is_available(backend):
+    for backend in backends:
+        if backend.encode() in named and not registry.is_available(backend):
             return backend
     return None

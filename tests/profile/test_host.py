@@ -196,6 +196,20 @@ def test_coreml_off_macos_is_backend_unavailable(tmp_path):
     assert "macOS" in str(info.value)
 
 
+def test_pte_delegated_to_a_backend_this_host_lacks_is_refused_before_the_child(tmp_path):
+    pytest.importorskip("executorch.runtime")
+    from executorch.runtime import Runtime
+
+    if Runtime.get().backend_registry.is_available("CoreMLBackend"):
+        pytest.skip("this host's ExecuTorch runtime has Core ML")
+    pte = tmp_path / "m.pte"
+    # the backend's name straddles the scanner's 16 MiB chunks: found without reading the file whole
+    pte.write_bytes(b"\0" * ((1 << 24) - 5) + b"CoreMLBackend" + b"\0" * 64)
+    with pytest.raises(BackendUnavailableError) as info:
+        profile(pte)
+    assert "CoreMLBackend" in str(info.value) and str(pte) in str(info.value)
+
+
 @pytest.mark.backend_onnx
 @pytest.mark.backend_tflite
 @pytest.mark.slow
