@@ -40,6 +40,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from mobilekit.converters._pt2e_passes import requantize_before_reshapes
 from mobilekit.converters._torch_common import (
     HalfPrecision,
     capture,
@@ -248,6 +249,11 @@ def _quantize(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], recipe:
             for batch in batches:
                 prepared(*batch)
         converted = convert_pt2e(prepared)
+        if delegate == "xnnpack":
+            requantized = requantize_before_reshapes(converted)
+            if requantized:
+                notes.append(f"requantized before {len(requantized)} reshape(s) between two int8 encodings, which "
+                             f"XNNPACK cannot load ({', '.join(sorted(set(requantized)))})")
     except Exception as exc:
         raise ExportError(f"PT2E {precision} quantization for {delegate} failed: {first_line(exc)}",
                           where=recipe.name, fix="try another precision (e.g. fp32 or fp16)") from exc
