@@ -23,6 +23,10 @@ Delegates and precisions (executorch 1.5.1, checked on this toolchain):
   coremltools 9 rejects the int32 ``quantize`` it places on a diffusers DiT's integer path (an
   ExportError; use ``int8-weight`` for DiTs).
 
+``float_modules`` (XNNPACK int8) leaves the ops of named modules unquantized: the XNNPACK
+quantizer's filter rejects every node whose module stack holds one of them. Before lowering, a
+reshape between two int8 encodings gets one (``_pt2e_passes``): XNNPACK refuses to load it.
+
 ``external_weights=True`` writes the weights into ``model.ptd`` beside ``model.pte`` (program–
 data separation: several programs, e.g. LoRA variants, can share one weight file); load it
 with ``ExecuTorchRunner(path, data_path=...)``.

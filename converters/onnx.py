@@ -18,6 +18,10 @@ Precisions (onnxruntime 1.31, checked on this toolchain):
   ``calibration`` batches, int8 per-channel weights. The result is measured against PyTorch on
   the calibration batches; when it loses the int8-static floor, only Conv/ConvTranspose/Gemm/MatMul
   are requantized in int8 and the closer model is kept (the notes say which, with both cosines).
+
+``float_modules`` (int8 recipes) leaves the nodes of named modules float: the exporter writes each
+node's module stack into its ``pkg.torch.onnx.name_scopes`` metadata, and ORT's quantizers take
+the matching node names as ``nodes_to_exclude``.
 """
 
 from __future__ import annotations
@@ -252,8 +256,8 @@ def node_module_paths(onnx_program: Any) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for node in onnx_program.model_proto.graph.node:
         meta = {e.key: e.value for e in node.metadata_props}
-        try:
-            paths = set(ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]")))
+        try:  # the module stack, then the FX node's own name last
+            paths = set(ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))[:-1])
         except (ValueError, SyntaxError):
             paths = set()
         m = _FX_NAME.match(meta.get("pkg.torch.onnx.fx_node", ""))
@@ -270,9 +274,12 @@ def _float_nodes(onnx_program: Any, float_modules: Sequence[str], notes: list[st
     owned = {m: [name for name, scopes in paths.items() if name and any(within_module(s, m) for s in scopes)]
              for m in float_modules}
     nodes = sorted({n for ns in owned.values() for n in ns})
+    # ORT's quantizers first rewrite a Gemm as MatMul + Add named after it, and match
+    # nodes_to_exclude against those new names (seen: quantize_dynamic quantized an excluded Gemm)
+    nodes += [f"{n}_MatMul" for n in nodes]
     notes.extend(f"float_modules: no node of the graph belongs to {m}; it is quantized like the rest"
                  for m, ns in owned.items() if not ns)
-    notes.append(f"float_modules: {len(float_modules)} module(s) left in float ({len(nodes)} ONNX nodes): "
+    notes.append(f"float_modules: {len(float_modules)} module(s) left in float ({len(nodes) // 2} ONNX nodes): "
                  f"{', '.join(float_modules)}")
     return nodes
 
