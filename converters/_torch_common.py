@@ -38,6 +38,18 @@ def flatten_outputs(out: Any) -> list[torch.Tensor]:
                       fix="wrap the model so forward returns a tensor or a tuple of tensors")
 
 
+def within_module(scope: str, module: str) -> bool:
+    """Whether module path ``scope`` is ``module`` or one of its submodules (``blocks.1`` holds
+    ``blocks.1.conv``, not ``blocks.10``).
+
+    Containers that are never called (ModuleList, ModuleDict) have no entry of their own in a
+    node's module stack, so a node is matched through its submodules' paths. A strict-mode
+    capture's ``L['self'].`` prefix is ignored.
+    """
+    scope = scope.removeprefix("L['self'].")
+    return scope == module or scope.startswith(module + ".")
+
+
 def check_inputs(example_inputs: Any, *, what: str = "example_inputs") -> tuple[torch.Tensor, ...]:
     """Return ``example_inputs`` as a tuple of tensors, or raise ConfigError naming the bad entry.
 

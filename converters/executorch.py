@@ -23,6 +23,10 @@ Delegates and precisions (executorch 1.5.1, checked on this toolchain):
   coremltools 9 rejects the int32 ``quantize`` it places on a diffusers DiT's integer path (an
   ExportError; use ``int8-weight`` for DiTs).
 
+``float_modules`` (XNNPACK int8) leaves the ops of named modules unquantized: the XNNPACK
+quantizer's filter rejects every node whose module stack holds one of them. Before lowering, a
+reshape between two int8 encodings gets one (``_pt2e_passes``): XNNPACK refuses to load it.
+
 ``external_weights=True`` writes the weights into ``model.ptd`` beside ``model.pte`` (program–
 data separation: several programs, e.g. LoRA variants, can share one weight file); load it
 with ``ExecuTorchRunner(path, data_path=...)``.
@@ -40,6 +44,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from mobilekit.converters._pt2e_passes import requantize_before_reshapes
 from mobilekit.converters._torch_common import (
     HalfPrecision,
     capture,
@@ -51,6 +56,7 @@ from mobilekit.converters._torch_common import (
     op_histogram,
     prepared_model,
     release_memory,
+    within_module,
 )
 from mobilekit.converters.base import ConvertResult, StageTimer, Support, ensure_supported, supports_from_table
 from mobilekit._deps import require
@@ -101,6 +107,11 @@ class ExecuTorchConverter:
 
     format: ClassVar[str] = "executorch"
     precisions: ClassVar[dict[str | None, tuple[str, ...]]] = PRECISIONS
+    # The XNNPACK quantizer annotates only the nodes its filter accepts, and PT2E records each
+    # node's module path: any module can be left in float (``float_modules``). The Core ML
+    # quantizer has no such filter.
+    float_module_precisions: ClassVar[frozenset[str]] = frozenset({"int8-dynamic", "int8-static"})
+    float_module_delegates: ClassVar[frozenset[str]] = frozenset({"xnnpack"})
 
     def __init__(self, *, external_weights: bool = False) -> None:
         self.external_weights = bool(external_weights)
@@ -118,7 +129,7 @@ class ExecuTorchConverter:
 
     def convert(self, model: torch.nn.Module, example_inputs: tuple[Any, ...], recipe: Recipe, workdir: Path, *,
                 calibration: Sequence[tuple[Any, ...]] | None = None, external_weights: bool | None = None,
-                **options: Any) -> ConvertResult:
+                float_modules: Sequence[str] = (), **options: Any) -> ConvertResult:
         """Quantize, lower and serialize ``model`` into ``workdir/model.pte`` (and ``model.ptd``).
 
         Args:
@@ -128,6 +139,8 @@ class ExecuTorchConverter:
             workdir: an existing, empty directory the files are written into.
             calibration: input batches for ``int8-static`` (None: the example inputs).
             external_weights: weights into ``model.ptd`` (None: the converter's setting).
+            float_modules: module paths (``model.named_modules()`` names) whose ops stay float in an
+                XNNPACK int8 recipe; export chooses them when the whole model would miss the parity floor.
             **options: options meant for other converters; ignored.
 
         Returns:
@@ -148,8 +161,9 @@ class ExecuTorchConverter:
         external = self.external_weights if external_weights is None else bool(external_weights)
         inputs = check_inputs(example_inputs)
         workdir = Path(workdir)
-        require("executorch.exir", extra="executorch", purpose="to export .pte files")
         delegate = str(recipe.delegate)
+        floats = _check_float_modules(model, float_modules, recipe)
+        require("executorch.exir", extra="executorch", purpose="to export .pte files")
         backend = recipe.name
         coreml_specs = _coreml_compile_specs(recipe) if delegate == "coreml" else None
         timer = StageTimer()
@@ -161,7 +175,7 @@ class ExecuTorchConverter:
                 module = HalfPrecision(module)
                 notes.append("runs in float16 inside XNNPACK; inputs and outputs stay float32")
         with timer("quantize"):
-            module = _quantize(module, inputs, recipe, calibration, notes)
+            module = _quantize(module, inputs, recipe, calibration, notes, floats)
         with timer("lower"):
             program = capture(module, inputs, backend=backend)
             del module  # a quantized module's own weights live on in the program
@@ -220,9 +234,46 @@ def _coreml_compile_specs(recipe: Recipe) -> list[Any]:
                                                      compute_precision=precision))
 
 
+def _check_float_modules(model: torch.nn.Module, float_modules: Sequence[str], recipe: Recipe) -> tuple[str, ...]:
+    """``float_modules`` checked before any work: modules of ``model``, and a recipe that can keep them float."""
+    if isinstance(float_modules, str):
+        float_modules = (float_modules,)
+    floats = tuple(float_modules)
+    if not floats:
+        return floats
+    if str(recipe.delegate) not in ExecuTorchConverter.float_module_delegates or \
+            recipe.precision not in ExecuTorchConverter.float_module_precisions:
+        raise ConfigError(f"float_modules: {recipe.name} cannot keep modules in float (only the XNNPACK "
+                          f"quantizer filters by module, at {', '.join(sorted(ExecuTorchConverter.float_module_precisions))})",
+                          where="float_modules", fix="drop float_modules, or use executorch-xnnpack-int8-static")
+    names = {n for n, _ in model.named_modules()}
+    missing = [m for m in floats if m not in names]
+    if missing:
+        raise ConfigError(f"float_modules: the model has no module {missing[0]!r}", where="float_modules",
+                          fix="name modules as model.named_modules() does")
+    return floats
+
+
+def _float_filter(floats: Sequence[str]) -> Any:
+    """A node filter for the XNNPACK quantizer: True (quantize) unless the node runs inside a float module.
+
+    The node's module stack is matched by path prefix (``within_module``), so a container that is
+    never called (ModuleList, ModuleDict), and has no entry of its own in the stack, still counts.
+    """
+    def quantize(node: torch.fx.Node) -> bool:
+        stack = [path for path, _ in (node.meta.get("nn_module_stack") or {}).values()]
+        return not any(within_module(p, m) for p in stack for m in floats)
+
+    return quantize
+
+
 def _quantize(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], recipe: Recipe,
-              calibration: Sequence[tuple[Any, ...]] | None, notes: list[str]) -> torch.nn.Module:
-    """Apply the recipe's quantization; return the module to capture for lowering."""
+              calibration: Sequence[tuple[Any, ...]] | None, notes: list[str],
+              float_modules: Sequence[str] = ()) -> torch.nn.Module:
+    """Apply the recipe's quantization; return the module to capture for lowering.
+
+    ``float_modules``: module paths whose ops the XNNPACK quantizer leaves unannotated (float).
+    """
     precision, delegate = recipe.precision, str(recipe.delegate)
     if precision in ("fp32", "fp16"):
         return module
@@ -239,6 +290,8 @@ def _quantize(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], recipe:
         return module
     batches = check_calibration(calibration, inputs) if precision == "int8-static" else [inputs]
     quantizer = _pt2e_quantizer(delegate, dynamic=precision == "int8-dynamic")
+    if float_modules:  # _check_float_modules let only the XNNPACK quantizer through
+        quantizer.set_filter_function(_float_filter(float_modules))
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     graph = capture(module, inputs, backend=recipe.name).module()
@@ -248,6 +301,11 @@ def _quantize(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], recipe:
             for batch in batches:
                 prepared(*batch)
         converted = convert_pt2e(prepared)
+        if delegate == "xnnpack":
+            requantized = requantize_before_reshapes(converted)
+            if requantized:
+                notes.append(f"requantized before {len(requantized)} reshape(s) between two int8 encodings, which "
+                             f"XNNPACK cannot load ({', '.join(sorted(set(requantized)))})")
     except Exception as exc:
         raise ExportError(f"PT2E {precision} quantization for {delegate} failed: {first_line(exc)}",
                           where=recipe.name, fix="try another precision (e.g. fp32 or fp16)") from exc
@@ -257,6 +315,8 @@ def _quantize(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], recipe:
     release_memory()
     what = "run-time (dynamic)" if precision == "int8-dynamic" else f"calibrated on {len(batches)} batch(es)"
     notes.append(f"int8 activations {what}, int8 per-channel weights (PT2E {type(quantizer).__name__})")
+    if float_modules:
+        notes.append(f"float_modules: {len(float_modules)} module(s) left in float: {', '.join(float_modules)}")
     return converted  # type: ignore[no-any-return]
 
 

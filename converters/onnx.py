@@ -18,13 +18,18 @@ Precisions (onnxruntime 1.31, checked on this toolchain):
   ``calibration`` batches, int8 per-channel weights. The result is measured against PyTorch on
   the calibration batches; when it loses the int8-static floor, only Conv/ConvTranspose/Gemm/MatMul
   are requantized in int8 and the closer model is kept (the notes say which, with both cosines).
+
+``float_modules`` (int8 recipes) leaves the nodes of named modules float: the exporter writes each
+node's module stack into its ``pkg.torch.onnx.name_scopes`` metadata, and ORT's quantizers take
+the matching node names as ``nodes_to_exclude``.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -41,6 +46,7 @@ from mobilekit.converters._torch_common import (
     prepared_model,
     static_reshapes,
     weight_bytes,
+    within_module,
 )
 from mobilekit.converters.base import ConvertResult, StageTimer, Support, ensure_supported, supports_from_table
 from mobilekit._deps import require
@@ -72,6 +78,9 @@ class OnnxConverter:
 
     format: ClassVar[str] = "onnx"
     precisions: ClassVar[dict[str | None, tuple[str, ...]]] = PRECISIONS
+    # The exporter records each node's module path (``pkg.torch.onnx.name_scopes``) and ORT's
+    # quantizers skip named nodes: any module can be left in float (``float_modules``).
+    float_module_precisions: ClassVar[frozenset[str]] = frozenset({"int8-weight", "int8-dynamic", "int8-static"})
 
     def __init__(self, *, external_weights: bool = False, opset: int = OPSET) -> None:
         if not isinstance(opset, int) or opset < 17:
@@ -89,7 +98,7 @@ class OnnxConverter:
 
     def convert(self, model: torch.nn.Module, example_inputs: tuple[Any, ...], recipe: Recipe, workdir: Path, *,
                 calibration: Sequence[tuple[Any, ...]] | None = None, external_weights: bool | None = None,
-                **options: Any) -> ConvertResult:
+                float_modules: Sequence[str] = (), **options: Any) -> ConvertResult:
         """Export ``model`` to ``workdir/model.onnx`` in the recipe's precision.
 
         Args:
@@ -100,6 +109,8 @@ class OnnxConverter:
             calibration: input batches for ``int8-static`` (None: the example inputs).
             external_weights: weights into ``model.onnx.data`` (None: the converter's setting;
                 models over 2 GB always do this).
+            float_modules: module paths (``model.named_modules()`` names) whose nodes stay float in an
+                int8 recipe; export chooses them when the whole model would miss the parity floor.
             **options: options meant for other converters; ignored.
 
         Returns:
@@ -120,6 +131,7 @@ class OnnxConverter:
         external = self.external_weights if external_weights is None else bool(external_weights)
         inputs = check_inputs(example_inputs)
         batches = check_calibration(calibration, inputs) if recipe.precision == "int8-static" else []
+        floats = _check_float_modules(model, float_modules, recipe)
         workdir = Path(workdir)
         onnx = require("onnx", extra="onnx", purpose="to write .onnx files")
         require("onnxscript", extra="onnx", purpose="for torch.onnx.export(dynamo=True)")
@@ -134,6 +146,7 @@ class OnnxConverter:
             in_names = names[:len(inputs)] if len(names) >= len(inputs) else [f"input_{i}" for i in
                                                                               range(len(inputs))]
             onnx_program = _to_onnx(program, in_names, recipe.name, self.opset)
+            float_nodes = _float_nodes(onnx_program, floats, notes) if floats else []
         big = weight_bytes(module) > _PROTOBUF_LIMIT
         if big:
             notes.append("weights over 2 GB (protobuf's limit): stored in the .data file beside the model")
@@ -152,7 +165,8 @@ class OnnxConverter:
         del proto.graph.value_info[:]
         with timer("quantize"):
             with tempfile.TemporaryDirectory(prefix=".mk-onnx-", dir=workdir) as tmp:
-                proto = _quantize(proto, recipe.precision, batches, Path(tmp), notes, big=big, model=module)
+                proto = _quantize(proto, recipe.precision, batches, Path(tmp), notes, big=big, model=module,
+                                  float_nodes=float_nodes)
         with timer("serialize"):
             filename, extra = _save(onnx, proto, workdir, external or big)
         return ConvertResult(filename=filename, extra_files=extra, stages=timer.stages,
@@ -206,12 +220,77 @@ def _save_program(onnx_program: Any, workdir: Path) -> tuple[str, list[str]]:
     return "model.onnx", data
 
 
+def _check_float_modules(model: torch.nn.Module, float_modules: Sequence[str], recipe: Recipe) -> tuple[str, ...]:
+    """``float_modules`` checked before any work: modules of ``model``, and an int8 recipe."""
+    floats = (float_modules,) if isinstance(float_modules, str) else tuple(float_modules)
+    if not floats:
+        return floats
+    if recipe.precision not in OnnxConverter.float_module_precisions:
+        raise ConfigError(f"float_modules: {recipe.name} quantizes nothing to keep float", where="float_modules",
+                          fix="drop float_modules, or use an onnx-int8-* recipe")
+    names = {n for n, _ in model.named_modules()}
+    missing = [m for m in floats if m not in names]
+    if missing:
+        raise ConfigError(f"float_modules: the model has no module {missing[0]!r}", where="float_modules",
+                          fix="name modules as model.named_modules() does")
+    return floats
+
+
+_FX_NAME = re.compile(r"^%(\S+) :")
+
+
+def node_module_paths(onnx_program: Any) -> dict[str, set[str]]:
+    """The module paths each node of an exported ``ONNXProgram`` runs inside, by node name.
+
+    The exporter writes a node's module stack into ``pkg.torch.onnx.name_scopes``. A node an
+    onnxscript rewrite fused (``FuseBatchNormIntoConv``: the Conv carries the BatchNorm's scope)
+    belongs to its inputs' modules too, read from the exporter's own FX graph.
+    """
+    import ast
+
+    fx = {n.name: n for n in onnx_program.exported_program.graph.nodes}
+
+    def stack(fx_node: Any) -> set[str]:
+        return {path for path, _ in (fx_node.meta.get("nn_module_stack") or {}).values()}
+
+    out: dict[str, set[str]] = {}
+    for node in onnx_program.model_proto.graph.node:
+        meta = {e.key: e.value for e in node.metadata_props}
+        try:  # the module stack, then the FX node's own name last
+            paths = set(ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))[:-1])
+        except (ValueError, SyntaxError):
+            paths = set()
+        m = _FX_NAME.match(meta.get("pkg.torch.onnx.fx_node", ""))
+        if m and m.group(1) in fx and "pkg.onnxscript.rewriter.rule_name" in meta:
+            for arg in fx[m.group(1)].all_input_nodes:
+                paths |= stack(arg)
+        out[node.name] = paths
+    return out
+
+
+def _float_nodes(onnx_program: Any, float_modules: Sequence[str], notes: list[str]) -> list[str]:
+    """Names of the ONNX nodes inside ``float_modules``; a note for each module no node belongs to."""
+    paths = node_module_paths(onnx_program)
+    owned = {m: [name for name, scopes in paths.items() if name and any(within_module(s, m) for s in scopes)]
+             for m in float_modules}
+    nodes = sorted({n for ns in owned.values() for n in ns})
+    # ORT's quantizers first rewrite a Gemm as MatMul + Add named after it, and match
+    # nodes_to_exclude against those new names (seen: quantize_dynamic quantized an excluded Gemm)
+    nodes += [f"{n}_MatMul" for n in nodes]
+    notes.extend(f"float_modules: no node of the graph belongs to {m}; it is quantized like the rest"
+                 for m, ns in owned.items() if not ns)
+    notes.append(f"float_modules: {len(float_modules)} module(s) left in float ({len(nodes) // 2} ONNX nodes): "
+                 f"{', '.join(float_modules)}")
+    return nodes
+
+
 def _quantize(proto: Any, precision: str, batches: list[tuple[torch.Tensor, ...]], tmp: Path,
-              notes: list[str], *, big: bool = False, model: torch.nn.Module | None = None) -> Any:
+              notes: list[str], *, big: bool = False, model: torch.nn.Module | None = None,
+              float_nodes: Sequence[str] = ()) -> Any:
     """Apply the precision's transform to the ModelProto and return the new one.
 
     ``model``: the PyTorch model, for int8-static's measured fallback (None: no measurement, the
-    QDQ model on every op type is returned as it is).
+    QDQ model on every op type is returned as it is). ``float_nodes``: node names left in float.
     """
     import onnx
 
@@ -228,7 +307,7 @@ def _quantize(proto: Any, precision: str, batches: list[tuple[torch.Tensor, ...]
         notes.append("float16 weights and compute; inputs and outputs stay float32")
         return out
     if precision == "int8-weight":
-        return _weight_only_int8(proto, notes)
+        return _weight_only_int8(proto, notes, float_nodes)
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     src, dst = tmp / "float.onnx", tmp / "quantized.onnx"
@@ -244,17 +323,19 @@ def _quantize(proto: Any, precision: str, batches: list[tuple[torch.Tensor, ...]
         if precision == "int8-dynamic":
             quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
                              op_types_to_quantize=["MatMul", "Gemm"], use_external_data_format=big,
-                             nodes_to_exclude=batched)
+                             nodes_to_exclude=batched + list(float_nodes))
             notes.append("int8 per-channel weights on MatMul/Gemm, activations quantized at run time")
         else:
             in_names = [i.name for i in proto.graph.input]
             keep_float = _shared_param_nodes_on_constants(proto) + batched
             pools = _ceil_mode_counted_pools(proto)
 
+            exclude = keep_float + pools + list(float_nodes)
+
             def static(out: Path, op_types: Sequence[str] | None = None) -> None:
                 quantize_static(str(src), str(out), _CalibrationReader(in_names, batches),
                                 quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                                weight_type=QuantType.QInt8, nodes_to_exclude=keep_float + pools,
+                                weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
                                 op_types_to_quantize=None if op_types is None else list(op_types),
                                 use_external_data_format=big)
 
@@ -369,20 +450,24 @@ class _CalibrationReader:
         return len(self._feeds)
 
 
-def _weight_only_int8(proto: Any, notes: list[str]) -> Any:
-    """int8 weights, float activations: MatMulNBits for MatMul, DequantizeLinear for Gemm/Conv."""
+def _weight_only_int8(proto: Any, notes: list[str], float_nodes: Sequence[str] = ()) -> Any:
+    """int8 weights, float activations: MatMulNBits for MatMul, DequantizeLinear for Gemm/Conv.
+
+    ``float_nodes``: node names whose weights stay float.
+    """
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     before = sum(1 for n in proto.graph.node if n.op_type == "MatMul")
     try:
-        quantizer = MatMulNBitsQuantizer(proto, bits=8, block_size=MATMUL_NBITS_BLOCK, is_symmetric=True)
+        quantizer = MatMulNBitsQuantizer(proto, bits=8, block_size=MATMUL_NBITS_BLOCK, is_symmetric=True,
+                                         nodes_to_exclude=list(float_nodes))
         quantizer.process()
         proto = quantizer.model.model
     except Exception as exc:
         raise ExportError(f"MatMulNBits int8 weight quantization failed: {first_line(exc)}", where="onnx-int8-weight",
                           fix="try onnx-int8-dynamic or onnx-fp32") from exc
     nbits = sum(1 for n in proto.graph.node if n.op_type == "MatMulNBits")
-    dq = _dequantize_linear_weights(proto)
+    dq = _dequantize_linear_weights(proto, set(float_nodes))
     notes.append(f"int8 weights: {nbits} of {before} MatMul as MatMulNBits (block {MATMUL_NBITS_BLOCK}), "
                  f"{dq} Gemm/Conv weights per-channel behind DequantizeLinear; activations float")
     if nbits + dq == 0:
@@ -392,8 +477,11 @@ def _weight_only_int8(proto: Any, notes: list[str]) -> Any:
     return proto
 
 
-def _dequantize_linear_weights(proto: Any) -> int:
-    """Store float Gemm/Conv weights as int8 (per output channel) + DequantizeLinear; return how many."""
+def _dequantize_linear_weights(proto: Any, skip: Collection[str] = ()) -> int:
+    """Store float Gemm/Conv weights as int8 (per output channel) + DequantizeLinear; return how many.
+
+    ``skip``: node names whose weights stay float.
+    """
     from onnx import TensorProto, helper, numpy_helper
 
     inits = {t.name: t for t in proto.graph.initializer}
@@ -403,7 +491,7 @@ def _dequantize_linear_weights(proto: Any) -> int:
             users[name] = users.get(name, 0) + 1
     new_nodes, done = [], 0
     for node in proto.graph.node:
-        if node.op_type not in ("Gemm", "Conv") or len(node.input) < 2:
+        if node.op_type not in ("Gemm", "Conv") or len(node.input) < 2 or node.name in skip:
             continue
         name = node.input[1]
         tensor = inits.get(name)

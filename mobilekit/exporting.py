@@ -497,13 +497,17 @@ def _preflight_int8(model: torch.nn.Module, plans: Sequence[Any], to_build: Sequ
         recipe = plans[i].recipe
         if not recipe.precision.startswith("int8"):
             continue
-        key = (recipe.format, recipe.precision)
+        key = (recipe.format, recipe.precision, recipe.delegate)
         tol = tolerance_for(recipe.precision, tolerances)
         if key not in done:
             sim = simulate(model, feeds, references, fmt=recipe.format, precision=recipe.precision,
                            tolerance=tol, calibration=calibration)
             fallback = None
-            can_keep = recipe.precision in getattr(get_converter(recipe.format), "float_module_precisions", ())
+            converter = get_converter(recipe.format)
+            # a converter whose delegates differ says which can keep modules float (ExecuTorch: XNNPACK only)
+            can_keep = (recipe.precision in getattr(converter, "float_module_precisions", ())
+                        and (recipe.delegate is None
+                             or recipe.delegate in getattr(converter, "float_module_delegates", {recipe.delegate})))
             if sim is not None and not sim.passed and can_keep:
                 fallback = float_fallback(model, feeds, references, fmt=recipe.format, precision=recipe.precision,
                                           tolerance=tol, calibration=calibration)

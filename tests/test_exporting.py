@@ -201,3 +201,36 @@ def test_cli_export_prints_manifest_json(tmp_path, cache_dir):
     assert data["artifacts"][0]["recipe_name"] == "onnx-fp32"
     assert [i["name"] for i in data["artifacts"][0]["inputs"]] == ["latents", "timestep", "class_labels"]
     assert (tmp_path / data["artifacts"][0]["path"]).is_file()
+
+
+def _outlier_mlp() -> torch.nn.Module:
+    """Four Linears; ``0.2``'s rows each hold one huge weight on an input that is always 0, so int8
+    rounds the rest of every row to 0 (the whole model misses int8's floor in PyTorch itself), and
+    it is a small share of the weights."""
+    torch.manual_seed(0)
+    inner = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64))
+    with torch.no_grad():
+        inner[0].weight[0] = 0.0
+        inner[0].bias[0] = 0.0
+        inner[2].weight[:, 0] = 500.0
+    return torch.nn.Sequential(inner, torch.nn.ReLU(), torch.nn.Linear(64, 512), torch.nn.ReLU(),
+                               torch.nn.Linear(512, 512)).eval()
+
+
+@pytest.mark.parametrize("fmt", [pytest.param("onnx", marks=pytest.mark.backend_onnx),
+                                 pytest.param("executorch", marks=pytest.mark.backend_executorch)])
+def test_int8_dynamic_keeps_the_sensitive_module_float_and_holds_parity_in_the_runtime(fmt, tmp_path):
+    """Before ONNX and ExecuTorch could keep modules float this recipe was refused; now the preflight
+    keeps ``0.2`` float, the converter builds exactly that Linear float, and the runtime holds parity."""
+    from mobilekit.estimation.precision import read_onnx_precisions
+
+    model, x = _outlier_mlp(), (torch.randn(8, 64),)
+    m = mobilekit.export(model, x, targets=["pixel-8"], formats=[fmt], precision="int8-dynamic",
+                         out_dir=tmp_path / "out", use_cache=False, model_name="outlier")
+    (a,) = m.artifacts
+    assert a.parity.status == "pass", a.parity.reason
+    (note,) = [n for n in a.notes if "kept in float" in n]
+    assert "misses the floor" in note and "1 module(s) kept in float" in note and ": 0.2;" in note
+    counts = (read_onnx_precisions(tmp_path / "out" / a.path)["matmul"] if fmt == "onnx"
+              else a.op_precisions["matmul"])
+    assert dict(counts) == {"fp32" if fmt == "onnx" else "float": 1, "int8-dynamic": 3}, counts

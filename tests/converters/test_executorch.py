@@ -60,6 +60,33 @@ class CallsBucketize(torch.nn.Module):
         return self.blocks(self.proj(x))
 
 
+class JointValues(torch.nn.Module):
+    """Flux's joint attention values: two linears, each unflattened to heads, concatenated.
+
+    ``unflatten`` does not share its input's observer in the XNNPACK quantizer, while ``cat`` makes
+    its inputs share one: the reshape is dequantized with the linear's scale and requantized with
+    the cat's, which XNNPACK refuses to load ("Failed to create squeeze node").
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.to_v = torch.nn.Linear(32, 32)
+        self.add_v = torch.nn.Linear(32, 32)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.add_v(context).unflatten(-1, (2, -1)), self.to_v(x).unflatten(-1, (2, -1))], dim=1)
+
+
+class JointBlock(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = JointValues()
+        self.out = torch.nn.Linear(32, 32)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.out(self.attn(x, context).flatten(2))
+
+
 def _wide() -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     torch.manual_seed(0)
     return WideNet().eval(), (torch.randn(1, 3, 8, 8),)
@@ -149,6 +176,55 @@ def test_int8_static_uses_the_calibration_batches(models: dict[str, Any], tmp_pa
     out = run_artifact(tmp_path / res.filename, [x[0].numpy()])
     parity = compare(reference_outputs(model, x), out, tolerance=tolerance_for("int8-static"), runtime="executorch")
     assert parity.status == "pass", parity.reason
+
+
+def test_int8_static_reshape_between_two_encodings_loads_and_matches(tmp_path: Path) -> None:
+    # Flux's executorch-xnnpack-int8-static failed to load in the runtime before the reshape was
+    # given one encoding (the change of scale moved in front of it).
+    torch.manual_seed(0)
+    model, inputs = JointBlock().eval(), (torch.randn(1, 16, 32), 3 * torch.randn(1, 8, 32))
+    res = ExecuTorchConverter().convert(model, inputs, Recipe.parse("executorch-xnnpack-int8-static"), tmp_path)
+    got = run_artifact(tmp_path / res.filename, [t.numpy() for t in inputs])
+    parity = compare(reference_outputs(model, inputs), got, tolerance=tolerance_for("int8-static"),
+                     runtime="executorch")
+    assert parity.status == "pass", parity.reason
+    note = next(n for n in res.notes if n.startswith("requantized before"))
+    assert "1 reshape(s)" in note and " in attn" in note
+
+
+class _ConvStack(torch.nn.Module):
+    """Eleven convolutions: ``blocks.1`` must not select ``blocks.10`` (a prefix of its name)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(torch.nn.Conv2d(8, 8, 3, padding=1) for _ in range(11))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in self.blocks:
+            x = torch.relu(conv(x))
+        return x
+
+
+def test_float_modules_stay_float_and_only_they(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, x = _ConvStack().eval(), torch.randn(1, 8, 16, 16)
+    res = ExecuTorchConverter().convert(model, (x,), Recipe.parse("executorch-xnnpack-int8-static"), tmp_path,
+                                        float_modules=["blocks.1", "blocks.7"])
+    assert res.op_precisions["conv"] == {"float": 2, "int8-static": 9}, res.op_precisions
+    got = run_artifact(tmp_path / res.filename, [x.numpy()])
+    parity = compare(reference_outputs(model, (x,)), got, tolerance=tolerance_for("int8-static"), runtime="executorch")
+    assert parity.status == "pass", parity.reason
+
+
+def test_float_modules_are_checked_before_any_work(tmp_path: Path) -> None:
+    model, x = _ConvStack().eval(), torch.randn(1, 8, 16, 16)
+    with pytest.raises(ConfigError, match=r"no module 'blocks\.99'"):
+        ExecuTorchConverter().convert(model, (x,), Recipe.parse("executorch-xnnpack-int8-static"), tmp_path,
+                                      float_modules=["blocks.99"])
+    with pytest.raises(ConfigError, match="cannot keep modules in float"):
+        ExecuTorchConverter().convert(model, (x,), Recipe.parse("executorch-coreml-int8-static"), tmp_path,
+                                      float_modules=["blocks.1"])
+    assert not any(tmp_path.iterdir())
 
 
 def test_bad_calibration_batch_is_refused(models: dict[str, Any], tmp_path: Path) -> None:

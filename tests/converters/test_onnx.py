@@ -227,3 +227,42 @@ def test_over_two_gigabytes_goes_to_external_data_that_loads_from_the_output_dir
     ref = reference_outputs(model, inputs)
     assert compare(ref, outputs, tolerance=tolerance_for(precision), runtime="onnxruntime").status == "pass"
     assert not (tmp_path / "out" / "model.onnx.data").exists()
+
+
+class _ConvBNStack(torch.nn.Module):
+    """Six conv + BatchNorm pairs: the exporter fuses each BatchNorm into its Conv, and the fused
+    Conv carries the BatchNorm's module path, so ``blocks.1.conv`` must be found through the fusion."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(
+            torch.nn.ModuleDict({"conv": torch.nn.Conv2d(8, 8, 3, padding=1), "bn": torch.nn.BatchNorm2d(8)})
+            for _ in range(6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for b in self.blocks:
+            x = torch.relu(b["bn"](b["conv"](x)))
+        return x
+
+
+@pytest.mark.parametrize("precision", ["int8-weight", "int8-static"])
+def test_float_modules_stay_float_and_only_they(tmp_path: Path, precision: str) -> None:
+    from mobilekit.estimation.precision import read_onnx_precisions
+
+    torch.manual_seed(0)
+    model, x = _ConvBNStack().eval(), torch.randn(1, 8, 16, 16)
+    res = OnnxConverter().convert(model, (x,), Recipe.parse(f"onnx-{precision}"), tmp_path,
+                                  float_modules=["blocks.1.conv", "blocks.4"])
+    counts = read_onnx_precisions(tmp_path / res.filename)["conv"]
+    assert counts == {"fp32": 2, precision: 4}, counts
+    assert not [n for n in res.notes if "no node of the graph" in n]  # both were found
+    got = run_artifact(tmp_path / res.filename, [x.numpy()])
+    parity = compare(reference_outputs(model, (x,)), got, tolerance=tolerance_for(precision), runtime="onnxruntime")
+    assert parity.status == "pass", parity.reason
+
+
+def test_float_modules_naming_no_module_is_refused(tmp_path: Path) -> None:
+    model, x = _ConvBNStack().eval(), torch.randn(1, 8, 16, 16)
+    with pytest.raises(ConfigError, match=r"no module 'blocks\.99'"):
+        OnnxConverter().convert(model, (x,), Recipe.parse("onnx-int8-weight"), tmp_path, float_modules=["blocks.99"])
+    assert not any(tmp_path.iterdir())
