@@ -623,6 +623,31 @@ def recovery_comparison(res: dict, extra: dict) -> list[str]:
     return lines
 
 
+def _cross_run_lines(extra_runs: dict[str, dict]) -> list[str]:
+    """Contrasts of ``PAIRS`` between methods that ran in different extra runs of one ``run_key``.
+
+    Runs of one key share teacher settings and budgets (the pipeline is deterministic per seed), so
+    pairing their rows by seed is as sound as pairing within one run, provided the teacher is the
+    same one: a teacher pretrained again with the same settings but scoring another FD (other
+    torch build, other process) is not, so the teacher's measured FD must match too.
+    """
+    by_key: dict[tuple[str, float], list[str]] = {}
+    for label, extra in extra_runs.items():
+        by_key.setdefault((run_key(extra), round(float(extra["teacher"]["frechet"]), 6)), []).append(label)
+    out = []
+    for (key, _), labels in by_key.items():
+        if len(labels) < 2:
+            continue
+        owner = {r["method"]: label for label in labels for r in extra_runs[label]["rows"]}
+        rows = [r for label in labels for r in extra_runs[label]["rows"]]
+        for a, b in PAIRS:
+            diff = paired_difference(rows, a, b)
+            if diff is not None and diff[2] > 1 and owner[a] != owner[b]:
+                out += ["", f"Across runs `{owner[a]}` and `{owner[b]}` ({key}): {a} minus {b} FD, paired by seed "
+                            f"({diff[2]} seeds): {diff[0]:+.1f} ± {diff[1]:.1f} (negative: {a} better)."]
+    return out
+
+
 def to_markdown(res: dict) -> str:
     lines = [f"# TinyFusion at small scale ({res['mode']} mode)", "",
              f"Command: `{res['command']}`. 12-layer DiT (hidden 64, 4x8x8 inputs) pretrained {res['settings']['pretrain_steps']} steps "
@@ -684,6 +709,7 @@ def to_markdown(res: dict) -> str:
             lines += ["", f"Spearman of the loss after pruning with the FD after recovery, over its "
                       f"{len(extra['rows'])} runs: {extra['spearman_post_pruning_vs_recovered']:.2f}."]
         lines += recovery_comparison(res, extra)
+    lines += _cross_run_lines(res.get("extra_runs", {}))
     c = res["search_cost"]
     lines += ["", f"Search cost: {c['learnable_search_step_s'] * 1e3:.1f} ms per learnable search step vs "
               f"{c['plain_train_step_s'] * 1e3:.1f} ms per plain full training step (batch {c['batch']}): "

@@ -79,6 +79,23 @@ def test_summary_merges_several_runs_of_one_pattern(bench):
     assert "sensitivity-groups" not in s["methods"]  # the main run stays as it was
 
 
+def test_contrasts_pair_methods_across_runs_of_one_key(bench):
+    """learnable (run pattern-2:4) against sensitivity-groups (run pattern-2:4-groups): same key, so paired."""
+    res = _result()
+    grouped = [dict(r, method="sensitivity-groups") for r in _rows(20.0) if r["method"] == "sensitivity"]
+    res["extra_runs"]["pattern-2:4-groups"] = {**res["extra_runs"]["pattern-2:4"], "rows": grouped,
+                                               "summary": {"sensitivity-groups": {}}}
+    res["extra_runs"]["other-teacher"] = {**res["extra_runs"]["pattern-2:4-groups"],
+                                          "settings": {**res["settings"], "pretrain_steps": 9}}
+    md = bench.to_markdown(res)
+    d, dh = bench.ci95([(310.0 + s) - (200.0 + 2 * s) for s in (0, 1, 2)])
+    assert (f"Across runs `pattern-2:4` and `pattern-2:4-groups` ({_key('2:4')}): learnable minus "
+            f"sensitivity-groups FD, paired by seed (3 seeds): {d:+.1f} ± {dh:.1f}") in md
+    assert "other-teacher`" not in md.split("Across runs", 1)[1]  # another teacher is never paired with them
+    res["extra_runs"]["pattern-2:4-groups"]["teacher"] = {"heldout_loss": 0.07, "frechet": 201.5}
+    assert "Across runs" not in bench.to_markdown(res)  # same settings, but the teacher scored another FD
+
+
 @pytest.mark.parametrize("field, value", [("pretrain_steps", 6000), ("recover_steps", 1000)])
 def test_summary_never_pools_runs_of_another_teacher_or_recovery(bench, field, value):
     """Same pattern and methods, but another teacher (or recovery length): two entries, neither merged."""
