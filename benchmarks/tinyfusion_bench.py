@@ -298,6 +298,8 @@ def main() -> None:
     ap.add_argument("--pretrain-steps", type=int, default=0,
                     help="override the mode's teacher pretraining steps (tinyfusion_teacher_curve.md: 800 is short "
                          "of convergence)")
+    ap.add_argument("--recover-steps", type=int, default=0,
+                    help="override the mode's recovery steps (the paper's premise needs long enough recovery)")
     ap.add_argument("--methods", nargs="*", help="run only these methods (names as in the table)")
     ap.add_argument("--teacher-cache", type=Path, default=None,
                     help="load the pretrained teacher from this file if it exists, else pretrain and save it there "
@@ -331,6 +333,8 @@ def main() -> None:
         cfg["search_steps"] = args.search_steps
     if args.pretrain_steps:
         cfg["pretrain_steps"] = args.pretrain_steps
+    if args.recover_steps:
+        cfg["recover_steps"] = args.recover_steps
     t_all = time.perf_counter()
     full_data = digits((4, 8, 8))
     train, held = full_data.split(0.2, seed=0)
@@ -400,7 +404,7 @@ def main() -> None:
         res.setdefault("extra_runs", {})[args.append_as] = {
             "command": " ".join(["nice -n 10 .venv/bin/python benchmarks/tinyfusion_bench.py", *sys.argv[1:]]),
             "settings": cfg, "pattern": args.pattern, "teacher": teacher_eval, "rows": rows, "summary": summary,
-            "seconds": time.perf_counter() - t_all}
+            "spearman_post_pruning_vs_recovered": spearman_post_pruning(rows), "seconds": time.perf_counter() - t_all}
         write_outputs(res, args.out)
         return
     learn_step = statistics.mean(float(r["search_seconds_per_step"]) for r in rows
@@ -451,8 +455,11 @@ def spearman_post_pruning(rows: list[dict]) -> float:
     """
     from scipy import stats
 
-    return float(stats.spearmanr([float(r["calibration_loss"]) for r in rows],
-                                 [float(r["frechet_after_recovery"]) for r in rows]).statistic)
+    loss = [float(r["calibration_loss"]) for r in rows]
+    fd = [float(r["frechet_after_recovery"]) for r in rows]
+    if len(set(loss)) < 2 or len(set(fd)) < 2:
+        return float("nan")  # undefined for a constant input (scipy would warn and say nan)
+    return float(stats.spearmanr(loss, fd).statistic)
 
 
 def _per_seed(rows: list[dict]) -> dict[str, dict[str, list]]:
@@ -467,31 +474,50 @@ def _per_seed(rows: list[dict]) -> dict[str, dict[str, list]]:
     return methods
 
 
+def run_key(run: dict) -> str:
+    """The setting a run's numbers belong to: its N:M pattern, teacher and search and recovery budgets.
+
+    Only runs with the same key may be pooled; e.g. ``"1:2, teacher 6000 steps, search 100 steps,
+    recovery 1000 steps"``. A run with another teacher or a longer recovery is another experiment.
+    """
+    st = run["settings"]
+    return (f"{run.get('pattern', '1:2')}, teacher {st['pretrain_steps']} steps, search {st['search_steps']} steps, "
+            f"recovery {st['recover_steps']} steps")
+
+
 def summary_file(res: dict) -> dict:
     """The per-seed numbers in the format issue 10 asks for.
 
-    Top-level ``methods`` is the main run (pattern ``res["pattern"]``, 1:2). Extra runs go under
-    ``patterns[PATTERN]`` with the same per-method shape plus their teacher and command; several
-    runs of one pattern (e.g. the grouped baselines) merge their methods, the later ones listed in
-    ``more_runs``. Readers of the old file see no change.
+    Top-level ``methods`` is the main run (its setting in ``key``, see ``run_key``). Extra runs go
+    under ``runs[KEY]``, keyed by pattern, teacher and budgets, with the same per-method shape plus
+    their teacher, seeds, Spearman and command; several runs of one key (e.g. the grouped
+    baselines) merge their methods, the later ones listed in ``more_runs``. Runs of different keys
+    are never merged.
     """
-    out = {"teacher": {"fd": res["teacher"]["frechet"], "heldout_loss": res["teacher"]["heldout_loss"]},
-           "pattern": res.get("pattern", "1:2"), "methods": _per_seed(res["rows"]),
+    out = {"teacher": {"fd": res["teacher"]["frechet"], "heldout_loss": res["teacher"]["heldout_loss"],
+                       "pretrain_steps": res["settings"]["pretrain_steps"]},
+           "pattern": res.get("pattern", "1:2"), "key": run_key(res), "methods": _per_seed(res["rows"]),
            "spearman_post_pruning_vs_recovered": res["spearman_post_pruning_vs_recovered"],
            "command": res["command"]}
-    patterns: dict[str, dict] = {}
+    runs: dict[str, dict] = {}
     for label, extra in res.get("extra_runs", {}).items():
-        run = {"label": label, "command": extra["command"], "seeds": extra["settings"]["seeds"],
-               "teacher": {"fd": extra["teacher"]["frechet"], "heldout_loss": extra["teacher"]["heldout_loss"]}}
+        st = extra["settings"]
+        run = {"label": label, "command": extra["command"], "seeds": st["seeds"],
+               "teacher": {"fd": extra["teacher"]["frechet"], "heldout_loss": extra["teacher"]["heldout_loss"],
+                           "pretrain_steps": st["pretrain_steps"]}}
+        if "spearman_post_pruning_vs_recovered" in extra and len(extra["rows"]) > 2:
+            run["spearman_post_pruning_vs_recovered"] = extra["spearman_post_pruning_vs_recovered"]
         methods = _per_seed(extra["rows"])
-        entry = patterns.get(extra.get("pattern", "1:2"))
-        if entry is None:  # the first run of a pattern gives the entry its label, command and teacher
-            patterns[extra.get("pattern", "1:2")] = {**run, "methods": methods}
-        else:  # later runs of the same pattern (other methods) add theirs, each named with its run
+        key = run_key(extra)
+        entry = runs.get(key)
+        if entry is None:  # the first run of a key gives the entry its label, command and teacher
+            runs[key] = {**run, "pattern": extra.get("pattern", "1:2"), "search_steps": st["search_steps"],
+                         "recover_steps": st["recover_steps"], "methods": methods}
+        else:  # later runs of the same key (other methods) add theirs, each named with its run
             entry["methods"].update(methods)
             entry.setdefault("more_runs", []).append({**run, "methods": sorted(methods)})
-    if patterns:
-        out["patterns"] = patterns
+    if runs:
+        out["runs"] = runs
     return out
 
 
@@ -545,6 +571,83 @@ def _paired_lines(rows: list[dict]) -> list[str]:
     return out
 
 
+def _mean_fd(rows: list[dict], method: str) -> float:
+    return statistics.mean(float(r["frechet_after_recovery"]) for r in rows if r["method"] == method)
+
+
+def recovery_comparison(res: dict, extra: dict) -> list[str]:
+    """Markdown lines setting an extra run beside the main one when only the recovery length differs.
+
+    Compares per-method FD (the change paired by seed), the Spearman of the loss after pruning with
+    the recovered FD on the same methods and seeds, and the ordering of the methods by mean FD: the
+    paper's claim is that with long enough recovery that ordering follows recoverability, not the
+    loss right after pruning. Empty when the runs differ in anything else (pattern, teacher, search).
+    """
+    a, b = res["settings"], extra["settings"]
+    if (res.get("pattern", "1:2") != extra.get("pattern", "1:2") or a["pretrain_steps"] != b["pretrain_steps"]
+            or a["search_steps"] != b["search_steps"] or a["recover_steps"] == b["recover_steps"]):
+        return []
+    seeds = {r["seed"] for r in extra["rows"]}
+    names = [m for m in extra["summary"] if any(r["method"] == m for r in res["rows"])]
+    if not names:
+        return []
+    base = [r for r in res["rows"] if r["method"] in names and r["seed"] in seeds]
+    ra, rb = a["recover_steps"], b["recover_steps"]
+    lines = ["", f"Recovery {rb} vs {ra} steps (same teacher, pattern, search and seeds {sorted(seeds)}; "
+                 f"change paired by seed):", "",
+             f"| method | FD after {ra} steps | FD after {rb} steps | change ({rb} − {ra}) |", "|---|---|---|---|"]
+    for m in names:
+        old = {r["seed"]: float(r["frechet_after_recovery"]) for r in base if r["method"] == m}
+        new = {r["seed"]: float(r["frechet_after_recovery"]) for r in extra["rows"] if r["method"] == m}
+        common = sorted(set(old) & set(new))
+        dm, dh = ci95([new[s] - old[s] for s in common])
+        lines.append(f"| {m} | {_ci_cell([r for r in base if r['method'] == m], 'frechet_after_recovery', 1)} | "
+                     f"{_ci_cell([r for r in extra['rows'] if r['method'] == m], 'frechet_after_recovery', 1)} | "
+                     f"{dm:+.1f}" + (f" ± {dh:.1f}" if dh else "") + " |")
+    order_a = sorted(names, key=lambda m: _mean_fd(base, m))
+    order_b = sorted(names, key=lambda m: _mean_fd(extra["rows"], m))
+    if len(base) > 2 and len(extra["rows"]) > 2:  # a rank correlation of two runs says nothing
+        lines += ["", f"Spearman of the loss after pruning with the FD after recovery on these methods and seeds: "
+                      f"{spearman_post_pruning(base):.2f} after {ra} steps ({len(base)} runs), "
+                      f"{spearman_post_pruning(extra['rows']):.2f} after {rb} steps ({len(extra['rows'])} runs)."]
+    lines += ["", f"Ordering by mean FD (best first) after {ra} steps: {', '.join(order_a)}; after {rb} steps: "
+              f"{', '.join(order_b)} (" + ("unchanged" if order_a == order_b else "changed") + ")."]
+    # a swap only matters if the paired difference is clear of zero at one of the budgets at least
+    for i, m in enumerate(order_a):
+        for n in order_a[i + 1:]:
+            if order_b.index(n) < order_b.index(m):
+                da, db = paired_difference(base, n, m), paired_difference(extra["rows"], n, m)
+                if da is not None and db is not None:
+                    lines += ["", f"Swapped: {n} minus {m} FD, paired by seed: {da[0]:+.1f} ± {da[1]:.1f} after "
+                                  f"{ra} steps, {db[0]:+.1f} ± {db[1]:.1f} after {rb} steps."]
+    return lines
+
+
+def _cross_run_lines(extra_runs: dict[str, dict]) -> list[str]:
+    """Contrasts of ``PAIRS`` between methods that ran in different extra runs of one ``run_key``.
+
+    Runs of one key share teacher settings and budgets (the pipeline is deterministic per seed), so
+    pairing their rows by seed is as sound as pairing within one run, provided the teacher is the
+    same one: a teacher pretrained again with the same settings but scoring another FD (other
+    torch build, other process) is not, so the teacher's measured FD must match too.
+    """
+    by_key: dict[tuple[str, float], list[str]] = {}
+    for label, extra in extra_runs.items():
+        by_key.setdefault((run_key(extra), round(float(extra["teacher"]["frechet"]), 6)), []).append(label)
+    out = []
+    for (key, _), labels in by_key.items():
+        if len(labels) < 2:
+            continue
+        owner = {r["method"]: label for label in labels for r in extra_runs[label]["rows"]}
+        rows = [r for label in labels for r in extra_runs[label]["rows"]]
+        for a, b in PAIRS:
+            diff = paired_difference(rows, a, b)
+            if diff is not None and diff[2] > 1 and owner[a] != owner[b]:
+                out += ["", f"Across runs `{owner[a]}` and `{owner[b]}` ({key}): {a} minus {b} FD, paired by seed "
+                            f"({diff[2]} seeds): {diff[0]:+.1f} ± {diff[1]:.1f} (negative: {a} better)."]
+    return out
+
+
 def to_markdown(res: dict) -> str:
     lines = [f"# TinyFusion at small scale ({res['mode']} mode)", "",
              f"Command: `{res['command']}`. 12-layer DiT (hidden 64, 4x8x8 inputs) pretrained {res['settings']['pretrain_steps']} steps "
@@ -580,14 +683,18 @@ def to_markdown(res: dict) -> str:
                   "one global group, the analogue of 7:14 (both keep half with a single group). Only learnable and "
                   "oracle obey the pattern; shortgpt, flux-lite, sensitivity and random keep the best half anywhere "
                   "(the pattern only sets how many), so their kept sets repeat across patterns; their `-groups` "
-                  "variants (`baseline_scope=\"groups\"`) keep the best N of every group of M instead. Same search "
-                  "and recovery budgets as the 1:2 table; each run's header names its teacher. Per-seed numbers: "
-                  "`tinyfusion_summary.json` under `patterns[\"2:4\"]`, `patterns[\"6:12\"]` (same shape as the "
-                  "top-level `methods`, which stays the 1:2 run, plus `seeds`, `teacher` and `command`; the grouped "
-                  "baselines' runs are merged in and listed under `more_runs`, those at 1:2 under `patterns[\"1:2\"]`)."]
+                  "variants (`baseline_scope=\"groups\"`) keep the best N of every group of M instead. The pattern "
+                  "runs use the 1:2 table's search and recovery budgets; each run's header names its teacher and "
+                  "budgets. Per-seed numbers: "
+                  "`tinyfusion_summary.json` under `runs[KEY]`, KEY naming the pattern, teacher and budgets, e.g. "
+                  "`runs[\"2:4, teacher 800 steps, search 100 steps, recovery 200 steps\"]` (same shape as the "
+                  "top-level `methods`, which stays the main run, plus `seeds`, `teacher` and `command`; runs of one "
+                  "KEY, such as the grouped baselines', are merged and listed under `more_runs`; runs of different "
+                  "KEYs never are)."]
     for label, extra in res.get("extra_runs", {}).items():
         lines += ["", f"Extra run `{label}` (`{extra['command']}`; pattern {extra.get('pattern', '1:2')}, "
                   f"search {extra['settings']['search_steps']} steps, seeds {extra['settings']['seeds']}, "
+                  f"recovery {extra['settings']['recover_steps']} steps, "
                   f"teacher pretrained {extra['settings']['pretrain_steps']} steps, FD {extra['teacher']['frechet']:.2f}"
                   + (f", {extra['seconds']:.0f} s" if "seconds" in extra else "") + "):", "",
                   "| method | kept (seeds) | calib. loss | held-out loss after recovery | FD after recovery |",
@@ -601,6 +708,8 @@ def to_markdown(res: dict) -> str:
         if "spearman_post_pruning_vs_recovered" in extra:
             lines += ["", f"Spearman of the loss after pruning with the FD after recovery, over its "
                       f"{len(extra['rows'])} runs: {extra['spearman_post_pruning_vs_recovered']:.2f}."]
+        lines += recovery_comparison(res, extra)
+    lines += _cross_run_lines(res.get("extra_runs", {}))
     c = res["search_cost"]
     lines += ["", f"Search cost: {c['learnable_search_step_s'] * 1e3:.1f} ms per learnable search step vs "
               f"{c['plain_train_step_s'] * 1e3:.1f} ms per plain full training step (batch {c['batch']}): "
