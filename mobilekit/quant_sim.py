@@ -399,7 +399,7 @@ def float_fallback(model: torch.nn.Module, feeds: Sequence[tuple[torch.Tensor, .
     if not admitted:
         return None
     widest = simulate(model, feeds, references, fmt=fmt, precision=precision, tolerance=tight,
-                      calibration=calibration, worst=0, keep_float=set(admitted))
+                      worst=0, keep_float=set(admitted), act_ranges=ranges)
     if widest is None or not widest.passed:
         return None
     kept: list[str] = []
