@@ -50,6 +50,15 @@ def within_module(scope: str, module: str) -> bool:
     return scope == module or scope.startswith(module + ".")
 
 
+def check_module_paths(model: torch.nn.Module, paths: Sequence[str], *, where: str = "float_modules") -> None:
+    """Refuse, before any work, a module path that ``model.named_modules()`` does not have."""
+    names = {n for n, _ in model.named_modules()}
+    missing = [m for m in paths if m not in names]
+    if missing:
+        raise ConfigError(f"{where}: the model has no module {missing[0]!r}", where=where,
+                          fix="name modules as model.named_modules() does")
+
+
 def check_inputs(example_inputs: Any, *, what: str = "example_inputs") -> tuple[torch.Tensor, ...]:
     """Return ``example_inputs`` as a tuple of tensors, or raise ConfigError naming the bad entry.
 

@@ -50,6 +50,7 @@ from mobilekit.converters._torch_common import (
     capture,
     check_calibration,
     check_inputs,
+    check_module_paths,
     first_line,
     io_names,
     map_backend_error,
@@ -246,11 +247,7 @@ def _check_float_modules(model: torch.nn.Module, float_modules: Sequence[str], r
         raise ConfigError(f"float_modules: {recipe.name} cannot keep modules in float (only the XNNPACK "
                           f"quantizer filters by module, at {', '.join(sorted(ExecuTorchConverter.float_module_precisions))})",
                           where="float_modules", fix="drop float_modules, or use executorch-xnnpack-int8-static")
-    names = {n for n, _ in model.named_modules()}
-    missing = [m for m in floats if m not in names]
-    if missing:
-        raise ConfigError(f"float_modules: the model has no module {missing[0]!r}", where="float_modules",
-                          fix="name modules as model.named_modules() does")
+    check_module_paths(model, floats)
     return floats
 
 

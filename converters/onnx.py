@@ -40,6 +40,7 @@ from mobilekit.converters._torch_common import (
     capture,
     check_calibration,
     check_inputs,
+    check_module_paths,
     first_line,
     forward_arg_names,
     map_backend_error,
@@ -228,11 +229,7 @@ def _check_float_modules(model: torch.nn.Module, float_modules: Sequence[str], r
     if recipe.precision not in OnnxConverter.float_module_precisions:
         raise ConfigError(f"float_modules: {recipe.name} quantizes nothing to keep float", where="float_modules",
                           fix="drop float_modules, or use an onnx-int8-* recipe")
-    names = {n for n, _ in model.named_modules()}
-    missing = [m for m in floats if m not in names]
-    if missing:
-        raise ConfigError(f"float_modules: the model has no module {missing[0]!r}", where="float_modules",
-                          fix="name modules as model.named_modules() does")
+    check_module_paths(model, floats)
     return floats
 
 

@@ -18,6 +18,7 @@ from mobilekit.parity import compare, tolerance_for  # noqa: E402
 from mobilekit.recipe import Recipe  # noqa: E402
 from mobilekit.runtime import run_artifact  # noqa: E402
 from mobilekit.runtime.runners import pte_needs_backend  # noqa: E402
+from tests.converters._models import ConvStack  # noqa: E402
 from tests.fixtures.models import (DiTWrapper, reference_outputs, tiny_convnet, tiny_dit,  # noqa: E402
                                    tiny_dit_inputs, tiny_gan)
 
@@ -192,22 +193,11 @@ def test_int8_static_reshape_between_two_encodings_loads_and_matches(tmp_path: P
     assert "1 reshape(s)" in note and " in attn" in note
 
 
-class _ConvStack(torch.nn.Module):
-    """Eleven convolutions: ``blocks.1`` must not select ``blocks.10`` (a prefix of its name)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.blocks = torch.nn.ModuleList(torch.nn.Conv2d(8, 8, 3, padding=1) for _ in range(11))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for conv in self.blocks:
-            x = torch.relu(conv(x))
-        return x
 
 
 def test_float_modules_stay_float_and_only_they(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model, x = _ConvStack().eval(), torch.randn(1, 8, 16, 16)
+    model, x = ConvStack().eval(), torch.randn(1, 8, 16, 16)
     res = ExecuTorchConverter().convert(model, (x,), Recipe.parse("executorch-xnnpack-int8-static"), tmp_path,
                                         float_modules=["blocks.1", "blocks.7"])
     assert res.op_precisions["conv"] == {"float": 2, "int8-static": 9}, res.op_precisions
@@ -217,7 +207,7 @@ def test_float_modules_stay_float_and_only_they(tmp_path: Path) -> None:
 
 
 def test_float_modules_are_checked_before_any_work(tmp_path: Path) -> None:
-    model, x = _ConvStack().eval(), torch.randn(1, 8, 16, 16)
+    model, x = ConvStack().eval(), torch.randn(1, 8, 16, 16)
     with pytest.raises(ConfigError, match=r"no module 'blocks\.99'"):
         ExecuTorchConverter().convert(model, (x,), Recipe.parse("executorch-xnnpack-int8-static"), tmp_path,
                                       float_modules=["blocks.99"])

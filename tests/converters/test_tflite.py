@@ -18,6 +18,7 @@ from mobilekit.errors import ConfigError, UnsupportedOpError  # noqa: E402
 from mobilekit.parity import compare, tolerance_for  # noqa: E402
 from mobilekit.recipe import Recipe  # noqa: E402
 from mobilekit.runtime import run_artifact  # noqa: E402
+from tests.converters._models import ConvStack  # noqa: E402
 from tests.fixtures.models import DiTWrapper, tiny_convnet, tiny_dit, tiny_dit_inputs, tiny_gan  # noqa: E402
 
 pytestmark = [pytest.mark.backend_tflite, pytest.mark.xdist_group("tflite")]
@@ -205,18 +206,6 @@ def test_calibration_ranges_merge_as_min_max_over_batches() -> None:
     assert a["x"]["min"].tolist() == [-1.0]  # the inputs are not modified
 
 
-class _ConvStack(torch.nn.Module):
-    """Eleven convolutions in a ModuleList: ``blocks.1`` must not select ``blocks.10`` (a prefix of
-    its name), and the ModuleList, never called, has no level in litert-torch's tensor names."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.blocks = torch.nn.ModuleList(torch.nn.Conv2d(8, 8, 3, padding=1) for _ in range(11))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for conv in self.blocks:
-            x = torch.relu(conv(x))
-        return x
 
 
 @pytest.mark.slow
@@ -224,7 +213,7 @@ def test_float_modules_stay_float_and_only_they(tmp_path: Path) -> None:
     from mobilekit.estimation.precision import read_tflite_precisions
 
     torch.manual_seed(0)
-    model, x = _ConvStack().eval(), torch.randn(1, 8, 16, 16)
+    model, x = ConvStack().eval(), torch.randn(1, 8, 16, 16)
     for precision in ("int8-weight", "int8-dynamic"):
         work = tmp_path / precision
         work.mkdir()
@@ -236,7 +225,7 @@ def test_float_modules_stay_float_and_only_they(tmp_path: Path) -> None:
 
 
 def test_float_modules_naming_no_module_is_refused(tmp_path: Path) -> None:
-    model, x = _ConvStack().eval(), torch.randn(1, 8, 16, 16)
+    model, x = ConvStack().eval(), torch.randn(1, 8, 16, 16)
     with pytest.raises(ConfigError, match=r"no module 'blocks\.99'"):
         TFLiteConverter().convert(model, (x,), Recipe.parse("tflite-int8-weight"), tmp_path,
                                   float_modules=["blocks.99"])
