@@ -196,8 +196,8 @@ def _adapt_one(base: BaseModel, mode: dict[str, Any], spec: tuple, concept: str,
     return record, res
 
 
-def run_seed(mode: dict[str, Any], work: Path, seed: int) -> dict[str, Any]:
-    """One seed: its own base, then every method on every held-out concept."""
+def run_seed(mode: dict[str, Any], work: Path, seed: int, methods: list[str] | None = None) -> dict[str, Any]:
+    """One seed: its own base, then every method (or those named in ``methods``) on every held-out concept."""
     t0 = time.perf_counter()
     base, base_rec = _train_seed_base(mode, work, seed)
     budget = base_rec["lora_budget_parameters"]
@@ -211,6 +211,8 @@ def run_seed(mode: dict[str, Any], work: Path, seed: int) -> dict[str, Any]:
         zero_shot = _psnr_of(base.generator, mean_emb, eval_pairs)
         runs, weight_change = {}, None
         for spec in METHODS:
+            if methods is not None and spec[0] not in methods:
+                continue
             record, res = _adapt_one(base, mode, spec, concept, train_pairs, eval_pairs, budget, seed,
                                      work / concept / spec[0])
             record["initial_psnr"] = _psnr_of(scratch_init, mean_emb, eval_pairs) if spec[1] == "scratch" else zero_shot
@@ -362,14 +364,14 @@ def _warm_up() -> None:
 
 
 def run_quality(mode: dict[str, Any], work: Path, seeds: list[int],
-                on_seed: Any = None) -> dict[str, Any]:
+                on_seed: Any = None, methods: list[str] | None = None) -> dict[str, Any]:
     """Every seed in turn (``on_seed(quality)`` after each, so a partial run keeps what it measured)."""
     _warm_up()
     quality: dict[str, Any] = {"identity_psnr": identity_psnr(mode), "eval_pairs": mode["eval_pairs"],
                                "lora_budget_rule": f"uniform rank {UNIFORM_RANK} on every crucial layer",
                                "seeds": {}}
     for seed in seeds:
-        quality["seeds"][str(seed)] = run_seed(mode, work / f"seed{seed}", seed)
+        quality["seeds"][str(seed)] = run_seed(mode, work / f"seed{seed}", seed, methods)
         quality["analysis"] = analyse(quality)
         if on_seed is not None:
             on_seed(quality)
@@ -385,7 +387,7 @@ def summary_file(res: dict[str, Any]) -> dict[str, Any]:
         methods = {m: {"psnr": [t[concept][m]["psnr"] for t in tables],
                        "seconds": [t[concept][m]["seconds"] for t in tables],
                        "stored_bytes": round(statistics.mean(t[concept][m]["stored_bytes"] for t in tables))}
-                   for m in ORDER}
+                   for m in ORDER if m in tables[0][concept]}
         out[concept] = {"identity_psnr": ident, "methods": methods}
     return {"concepts": out, "command": res["command"]}
 
@@ -528,7 +530,7 @@ def to_markdown(res: dict[str, Any]) -> str:
              f"Seeds {', '.join(seeds)} (each trains its own base and adapts with that seed); torch threads "
              f"{res['threads']}; generator `{res['generator']}` ({s0['base']['generator_parameters']} params); "
              f"LoRA budget {s0['base']['lora_budget_parameters']} params ({q['lora_budget_rule']}); "
-             f"{res['settings']['adapt_steps']} adaptation steps; evaluation on {q['eval_pairs']} held-out-photo "
+             f"base trained {res['settings']['base_steps']} steps; {res['settings']['adapt_steps']} adaptation steps; evaluation on {q['eval_pairs']} held-out-photo "
              f"pairs per concept, the same for every seed. Wall time: "
              + ", ".join(f"seed {k} {q['seeds'][k]['wall_seconds']:.0f} s" for k in seeds) + ".", "",
              "Base concepts: " + "; ".join(f"seed {k}: {', '.join(q['seeds'][k]['base']['concepts'])}" for k in seeds)
@@ -580,13 +582,16 @@ def main() -> None:
     ap.add_argument("--skip-latency", action="store_true", help="keep the latency section already in --out")
     ap.add_argument("--skip-quality", action="store_true", help="keep the quality section already in --out")
     ap.add_argument("--render-only", action="store_true", help="only recompute the .md and summary from the JSON")
+    ap.add_argument("--base-steps", type=int, help="override the mode's base training steps")
+    ap.add_argument("--methods", nargs="+", choices=[m[0] for m in METHODS],
+                    help="run only these adaptation methods (default: all; base-zero-shot is always recorded)")
     args = ap.parse_args()
     if args.render_only:
         render_only(args.out)
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
-    mode = MODES[args.mode]
+    mode = dict(MODES[args.mode], **({"base_steps": args.base_steps} if args.base_steps else {}))
     shutil.rmtree(args.work, ignore_errors=True)
     from mobilekit._deps import toolchain_versions
 
@@ -605,7 +610,7 @@ def main() -> None:
         def partial(quality: dict[str, Any]) -> None:
             _write_outputs(args.out, {**res, "quality": quality, "wall_seconds": round(time.perf_counter() - t0, 1)})
 
-        res["quality"] = run_quality(mode, args.work, args.seeds, on_seed=partial)
+        res["quality"] = run_quality(mode, args.work, args.seeds, on_seed=partial, methods=args.methods)
         res["wall_seconds"] = round(time.perf_counter() - t0, 1)
     if not args.skip_latency:
         t1 = time.perf_counter()
